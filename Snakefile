@@ -1,0 +1,30 @@
+# RSM-Eval: fetch -> manifests -> features (per model, cached by content) -> metrics -> report.
+#
+#   demo/sources   datasets and checkpoints             (workflow/rules/demo.smk)
+#   manifests      annotations -> Parquet, validated    (workflow/rules/manifests.smk)
+#   embed          features of the evaluated split      (workflow/rules/embed.smk)
+#   evaluate       recall@k by the published protocol  (workflow/rules/evaluate.smk)
+#   report         CSV, Markdown, HTML, provenance      (workflow/rules/report.smk)
+#
+# All logic is in the Python package workflow/rsm_eval; each rule is one call into it.
+
+
+# `--configfile other.yaml` replaces config.yaml instead of being merged into it, so a
+# demo or test config never inherits the real datasets.
+if not config:
+
+    configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/manifests.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        REPORT_FILES,
+    default_target: True

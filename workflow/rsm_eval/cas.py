@@ -1,0 +1,198 @@
+"""Content addresses: hashing with a stat-keyed memo, canonical digests, atomic writes.
+
+An *address* is a sha256 hex digest of the bytes something was made from: a source file's
+content, or, for a product, the canonical JSON of the addresses of its inputs, the parameters
+that change its result, and the version of the code that computes it. Names and paths never
+enter an address, so renaming or moving a file changes nothing, and putting old bytes back
+finds the old products again.
+
+Hashing a 600 MB checkpoint on every `snakemake` start would be slow, so file digests are
+memoised under (real path, size, mtime, inode, ctime): a file whose stat is unchanged is not
+read again. Touching a file invalidates its memo entry; the digest is then recomputed and is,
+of course, the same, so nothing downstream changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import RsmEvalError
+
+CHUNK = 1 << 20
+MEMO_ENV = "RSM_EVAL_HASH_MEMO"
+DEFAULT_MEMO = Path("results/cache/hash-memo.sqlite")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return sha256_bytes(text.encode("utf-8"))
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal objects give equal bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def digest(obj: Any) -> str:
+    """Address of a JSON-able description (inputs' addresses, parameters, code version)."""
+    return sha256_text(canonical_json(obj))
+
+
+def _hash_stream(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+class HashMemo:
+    """sha256 of files, memoised by stat in a small SQLite file.
+
+    SQLite gives safe concurrent access for several jobs of one workflow; a memo that cannot
+    be opened (read-only checkout, odd filesystem) degrades to hashing without memo.
+    """
+
+    def __init__(self, path: Path | str | None = None):
+        path = Path(path or os.environ.get(MEMO_ENV) or DEFAULT_MEMO)
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, timeout=60, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS memo (path TEXT PRIMARY KEY, stat TEXT, sha256 TEXT)"
+            )
+            self._db = db
+        except (sqlite3.Error, OSError):
+            self._db = None
+
+    @staticmethod
+    def _stat_key(st: os.stat_result) -> str:
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
+
+    def file(self, path: Path | str) -> str:
+        """sha256 of one file's content."""
+        return self.files([path])[0]
+
+    def files(self, paths: Iterable[Path | str]) -> list[str]:
+        """sha256 of many files, reading only those whose stat changed since last time."""
+        resolved = []
+        for p in paths:
+            real = os.path.realpath(p)
+            try:
+                st = os.stat(real)
+            except FileNotFoundError:
+                raise RsmEvalError(f"{p}: file not found") from None
+            if not os.path.isfile(real):
+                raise RsmEvalError(f"{p}: expected a regular file")
+            resolved.append((real, self._stat_key(st)))
+        known: dict[str, tuple[str, str]] = {}
+        if self._db is not None and resolved:
+            for i in range(0, len(resolved), 500):
+                batch = [r for r, _ in resolved[i : i + 500]]
+                marks = ",".join("?" * len(batch))
+                rows = self._db.execute(
+                    f"SELECT path, stat, sha256 FROM memo WHERE path IN ({marks})", batch
+                )
+                known.update({r[0]: (r[1], r[2]) for r in rows})
+        out, fresh = [], []
+        for real, stat in resolved:
+            hit = known.get(real)
+            if hit and hit[0] == stat:
+                out.append(hit[1])
+            else:
+                sha = _hash_stream(Path(real))
+                out.append(sha)
+                fresh.append((real, stat, sha))
+        if self._db is not None and fresh:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.executemany("INSERT OR REPLACE INTO memo VALUES (?, ?, ?)", fresh)
+        return out
+
+    def tree(self, root: Path | str) -> str:
+        """Address of a directory: its relative file names and their contents.
+
+        Names matter here: a dataset refers to its images by file name.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise RsmEvalError(f"{root}: expected a directory")
+        rels = sorted(
+            str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()
+        )
+        shas = self.files(root / r for r in rels)
+        return digest([[r, s] for r, s in zip(rels, shas, strict=True)])
+
+
+_MEMO: HashMemo | None = None
+
+
+def memo() -> HashMemo:
+    """The process-wide memo (opened lazily, path from $RSM_EVAL_HASH_MEMO or the default)."""
+    global _MEMO
+    if _MEMO is None:
+        _MEMO = HashMemo()
+    return _MEMO
+
+
+def file_sha256(path: Path | str) -> str:
+    return memo().file(path)
+
+
+def code_version(*modules: str) -> str:
+    """Address of the source of the given modules (names, not imported: cheap at DAG time).
+
+    A product records the version of the code that computed it, and a rule that passes this
+    as a parameter reruns when that code changes.
+    """
+    parts = []
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise RsmEvalError(f"module {name} not found")
+        parts.append([name, sha256_bytes(Path(spec.origin).read_bytes())])
+    return digest(parts)[:16]
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path | str, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success fsync and rename it into place.
+
+    A reader never sees a half-written file, and a failure leaves nothing at `dest`.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix + ".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, dest)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(dest: Path | str, text: str) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(dest: Path | str, obj: Any) -> None:
+    write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")

@@ -1,0 +1,152 @@
+"""`rsm-eval`: the plain command-line entry point; each workflow rule calls one subcommand.
+
+Rules pass datasets and models as JSON (shell-quoted by Snakemake), so the same commands
+work outside Snakemake and nothing from config or data reaches a shell unquoted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import cas
+from .config import Dataset, Model
+from .errors import RsmEvalError
+
+
+def _json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import generate_benchmark
+
+    summary = generate_benchmark(Path(args.out), seed=args.seed, n_train=args.n_train,
+                                 n_val=args.n_val, n_test=args.n_test)
+    print(json.dumps(summary.get("counts", {}), indent=1), file=sys.stderr)
+
+
+def cmd_manifest(args: argparse.Namespace) -> None:
+    from . import manifests
+
+    dataset = Dataset(**args.dataset)
+    summary = manifests.write(dataset, Path(args.captions), Path(args.images),
+                              Path(args.summary), code=args.code)
+    print(json.dumps(summary, indent=1), file=sys.stderr)
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from .embeddings import embed_split
+
+    cas.memo()  # opened early so a broken cache directory fails before the model loads
+    embed_split(
+        Model(**args.model),
+        Path(args.captions),
+        Path(args.images_root),
+        args.split,
+        Path(args.out_images),
+        Path(args.out_texts),
+        cache_dir=Path(args.cache_dir),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        chunk_rows=args.chunk_rows,
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from . import evaluate
+
+    record = evaluate.write(
+        Path(args.captions), Path(args.image_features), Path(args.text_features),
+        Path(args.out_json), Path(args.out_ranks), model=args.model, dataset=args.dataset,
+        split=args.split, protocol=args.protocol, code=args.code,
+    )
+    print(json.dumps(record["metrics"], indent=1), file=sys.stderr)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from . import report
+
+    records = report.load_records([Path(p) for p in args.metrics])
+    summaries = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.summaries]
+    paths = report.render(records, summaries, Path(args.out_dir), Path(args.workflow_root))
+    print(f"report: {paths['html']}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rsm-eval", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="generate the bundled offline demo benchmark")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=300)
+    p.add_argument("--n-val", type=int, default=50)
+    p.add_argument("--n-test", type=int, default=100)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("manifest", help="annotations -> Parquet manifests")
+    p.add_argument("--dataset", type=_json_arg, required=True, help="dataset entry as JSON")
+    p.add_argument("--captions", required=True)
+    p.add_argument("--images", required=True)
+    p.add_argument("--summary", required=True)
+    p.add_argument("--code", default="")
+    p.set_defaults(func=cmd_manifest)
+
+    p = sub.add_parser("embed", help="features of one split, cached by content")
+    p.add_argument("--model", type=_json_arg, required=True, help="model entry as JSON")
+    p.add_argument("--captions", required=True, help="captions manifest")
+    p.add_argument("--images-root", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out-images", required=True)
+    p.add_argument("--out-texts", required=True)
+    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--chunk-rows", type=int, default=2048)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("evaluate", help="retrieval metrics from cached features")
+    p.add_argument("--captions", required=True)
+    p.add_argument("--image-features", required=True)
+    p.add_argument("--text-features", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--protocol", default="remoteclip")
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-ranks", required=True)
+    p.add_argument("--code", default="")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="CSV, Markdown and HTML report")
+    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--summaries", nargs="*", default=[])
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--workflow-root", default=".")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except RsmEvalError as exc:
+        print(f"rsm-eval {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Load, validate and normalise the workflow configuration; resolve what to evaluate.
+
+The JSON schema in workflow/schemas/config.schema.yaml is the contract. Validation errors
+name the key path (`models.rsm-clip.weigths`) and what was expected; defaults from the
+schema are filled in so the rest of the package never guesses.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import RsmEvalError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    format: str
+    annotations: str
+    images: str
+    split: str = "test"
+    label: str = ""
+    encoding: str = "utf-8"
+    csv_separator: str = ","
+    columns: dict[str, str] = field(default_factory=dict)
+    expected: dict[str, dict[str, int]] = field(default_factory=dict)
+    max_image_pixels: int = 100_000_000
+
+    def params(self) -> dict[str, Any]:
+        """What changes the manifest besides the file contents (paths excluded on purpose)."""
+        return {
+            "name": self.name,
+            "format": self.format,
+            "split": self.split,
+            "encoding": self.encoding,
+            "csv_separator": self.csv_separator,
+            "columns": dict(sorted(self.columns.items())),
+            "expected": self.expected,
+            "max_image_pixels": self.max_image_pixels,
+        }
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    arch: str
+    weights: str | None = None
+    pretrained: str | None = None
+    random: int | None = None
+    force_quick_gelu: bool = False
+    label: str = ""
+
+    @property
+    def weights_kind(self) -> str:
+        if self.weights is not None:
+            return "file"
+        if self.pretrained is not None:
+            return "pretrained"
+        return "random"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    model: str
+    dataset: str
+    protocol: str = "remoteclip"
+
+
+@dataclass(frozen=True)
+class Config:
+    raw: dict[str, Any]
+    datasets: dict[str, Dataset]
+    models: dict[str, Model]
+    evaluations: tuple[Evaluation, ...]
+    cache_dir: str
+    embed: dict[str, Any]
+
+    def model_datasets(self) -> list[tuple[str, str]]:
+        """Distinct (model, dataset) pairs that need features."""
+        return sorted({(e.model, e.dataset) for e in self.evaluations})
+
+
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def _fill_defaults(instance: Any, schema: dict, root: dict) -> None:
+    """Fill `default`s from the schema into `instance` (jsonschema validates, it does not fill)."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        schema = root["$defs"][name]
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill_defaults(instance[key], sub, root)
+            if sub.get("type") == "array" and isinstance(instance[key], list):
+                for item in instance[key]:
+                    _fill_defaults(item, sub.get("items", {}), root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                _fill_defaults(value, extra, root)
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Validate against the schema; return a copy with defaults filled in."""
+    if not isinstance(raw, dict):
+        raise RsmEvalError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    schema = _schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors[:10]:
+            msg = err.message
+            if err.validator == "additionalProperties":
+                allowed = sorted(err.schema.get("properties", {}))
+                msg += f" (allowed keys: {', '.join(allowed)})"
+            elif err.validator == "oneOf" and "models" in list(err.absolute_path)[:1]:
+                msg = "a model needs exactly one of 'weights', 'pretrained' or 'random'"
+            lines.append(f"  {_key_path(err)}: {msg}")
+        raise RsmEvalError(f"{source}: invalid configuration\n" + "\n".join(lines))
+    filled = copy.deepcopy(raw)
+    _fill_defaults(filled, schema, schema)
+    return filled
+
+
+def load(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate and normalise a configuration mapping (as Snakemake's `config`)."""
+    cfg = validate(raw, source)
+    datasets = {name: Dataset(name=name, **entry) for name, entry in cfg["datasets"].items()}
+    models = {name: Model(name=name, **entry) for name, entry in cfg["models"].items()}
+    if "evaluations" in cfg:
+        evaluations = []
+        for i, ev in enumerate(cfg["evaluations"]):
+            if ev["model"] not in models:
+                raise RsmEvalError(
+                    f"{source}: evaluations.{i}.model: unknown model {ev['model']!r} "
+                    f"(configured: {', '.join(models)})"
+                )
+            if ev["dataset"] not in datasets:
+                raise RsmEvalError(
+                    f"{source}: evaluations.{i}.dataset: unknown dataset {ev['dataset']!r} "
+                    f"(configured: {', '.join(datasets)})"
+                )
+            evaluations.append(Evaluation(**ev))
+    else:
+        evaluations = [Evaluation(model=m, dataset=d) for m in models for d in datasets]
+    return Config(
+        raw=cfg,
+        datasets=datasets,
+        models=models,
+        evaluations=tuple(dict.fromkeys(evaluations)),
+        cache_dir=cfg["cache_dir"],
+        embed=cfg["embed"],
+    )
+
+
+def load_file(path: Path | str) -> Config:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise RsmEvalError(f"{path}: cannot read configuration ({exc})") from None
+    return load(raw, str(path))

@@ -1,0 +1,25 @@
+# Retrieval metrics by the published protocol, from cached features.
+
+
+rule evaluate:
+    input:
+        captions="results/manifests/{dataset}/captions.parquet",
+        images="results/features/{model}/{dataset}/images.parquet",
+        texts="results/features/{model}/{dataset}/texts.parquet",
+    output:
+        metrics="results/metrics/{model}/{dataset}/{protocol}.json",
+        ranks="results/metrics/{model}/{dataset}/{protocol}.ranks.parquet",
+    params:
+        split=lambda wc: CFG.datasets[wc.dataset].split,
+        code=CODE["evaluate"],
+    log:
+        "results/logs/evaluate/{model}/{dataset}/{protocol}.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "python -m rsm_eval evaluate --captions {input.captions:q}"
+        " --image-features {input.images:q} --text-features {input.texts:q}"
+        " --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
+        " --split {params.split:q} --protocol {wildcards.protocol:q}"
+        " --out-json {output.metrics:q} --out-ranks {output.ranks:q}"
+        " --code {params.code} 2> {log:q}"

@@ -1,0 +1,31 @@
+# One report over every evaluated model x dataset, with provenance.
+
+
+rule report:
+    input:
+        metrics=METRICS_FILES,
+        summaries=SUMMARY_FILES,
+    output:
+        csv=report(
+            "results/report/retrieval.csv",
+            caption="../report/retrieval.rst",
+            category="Retrieval",
+        ),
+        md="results/report/report.md",
+        html=report(
+            "results/report/report.html",
+            caption="../report/report.rst",
+            category="Retrieval",
+        ),
+        provenance="results/report/provenance.json",
+    params:
+        root=workflow.basedir,
+        code=CODE["report"],
+    log:
+        "results/logs/report.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "python -m rsm_eval report --metrics {input.metrics:q}"
+        " --summaries {input.summaries:q} --out-dir results/report"
+        " --workflow-root {params.root:q} 2> {log:q}"
