@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from rsm_eval.errors import RsmEvalError
 from rsm_eval.metrics import (
     KS,
@@ -283,8 +282,8 @@ def test_blockwise_equals_dense_moderately_large() -> None:
     )
     np.testing.assert_array_equal(dense.i2t_ranks, before.sum(axis=1))
     own = scores[text_image, np.arange(n_text)]
-    before_t = (scores.T > own[:, None]) | (
-        (scores.T == own[:, None]) & (np.arange(n_images) < text_image[:, None])
+    before_t = (own[:, None] < scores.T) | (
+        (own[:, None] == scores.T) & (np.arange(n_images) < text_image[:, None])
     )
     np.testing.assert_array_equal(dense.t2i_ranks, before_t.sum(axis=1))
     assert 0 < dense.metrics["t2i_r1"] < dense.metrics["t2i_r10"] < 100  # not degenerate

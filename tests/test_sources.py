@@ -12,6 +12,7 @@ import stat
 import tarfile
 import threading
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +21,6 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-
 from rsm_eval import sources
 from rsm_eval.errors import RsmEvalError
 from rsm_eval.sources import (
@@ -140,11 +140,11 @@ def sleeps(_no_proxy_no_sleep: list[float]) -> list[float]:
 
 
 @pytest.fixture
-def server() -> ServerState:
+def server() -> Iterator[ServerState]:
     state = ServerState()
     httpd = _Server(state)
     state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield state
     httpd.shutdown()
@@ -157,9 +157,7 @@ def _sha(data: bytes) -> str:
 
 
 def _payload(n: int = 300_000, seed: int = 1) -> bytes:
-    return b"".join(hashlib.sha256(f"{seed}:{i}".encode()).digest() for i in range(n // 32 + 1))[
-        :n
-    ]
+    return b"".join(hashlib.sha256(f"{seed}:{i}".encode()).digest() for i in range(n // 32 + 1))[:n]
 
 
 def _quiet(done: int, total: int | None) -> None:
@@ -259,6 +257,15 @@ def test_part_file_is_resumed_across_calls(server: ServerState, tmp_path: Path) 
     download(server.url("/c.bin"), dest, key="k", sha256=_sha(data), progress=_quiet)
     assert dest.read_bytes() == data
     assert server.ranged("/c.bin") == ["bytes=1000-"]
+
+
+def test_complete_part_file_is_accepted_after_416(server: ServerState, tmp_path: Path) -> None:
+    data = _payload(5000)
+    server.files["/q.bin"] = data
+    (tmp_path / "q.bin.part").write_bytes(data)
+    download(server.url("/q.bin"), tmp_path / "q.bin", key="k", sha256=_sha(data), progress=_quiet)
+    assert (tmp_path / "q.bin").read_bytes() == data
+    assert server.ranged("/q.bin") == [f"bytes={len(data)}-"]
 
 
 def test_stale_part_from_older_file_is_discarded(server: ServerState, tmp_path: Path) -> None:
@@ -439,9 +446,7 @@ def _leftovers(parent: Path) -> list[str]:
 
 
 def test_extract_zip_with_file_member(tmp_path: Path) -> None:
-    archive = _zip(
-        tmp_path / "d.zip", {"ds/ann/data.json": b'{"a": 1}', "ds/images/1.png": b"png"}
-    )
+    archive = _zip(tmp_path / "d.zip", {"ds/ann/data.json": b'{"a": 1}', "ds/images/1.png": b"png"})
     got = safe_extract(archive, tmp_path / "out", key="k", member="ds/ann/data.json")
     assert got == tmp_path / "out" / "ds" / "ann" / "data.json"
     assert got.read_bytes() == b'{"a": 1}'
@@ -523,6 +528,22 @@ def test_tar_symlink_chain_escape_is_refused(tmp_path: Path) -> None:
     second.linkname = "."
     archive = _tar(tmp_path / "e.tar.gz", [first, second, ("b/evil", b"x")])
     _assert_refused(archive, tmp_path, "outside")
+
+
+def test_zip_symlink_outside_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "l.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo("data/link")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "../../outside")
+    _assert_refused(archive, tmp_path, "symlink pointing outside")
+
+
+def test_download_reports_disk_errors(server: ServerState, tmp_path: Path) -> None:
+    server.files["/d.bin"] = b"data"
+    (tmp_path / "d.bin").mkdir()  # the rename onto dest cannot succeed
+    with pytest.raises(DownloadError, match=r"k\.d: cannot write"):
+        download(server.url("/d.bin"), tmp_path / "d.bin", key="k.d", progress=_quiet)
 
 
 def test_tar_hardlink_outside_and_devices_are_refused(tmp_path: Path) -> None:
@@ -636,7 +657,9 @@ def test_materialize_manual_file_is_verified_and_linked(tmp_path: Path) -> None:
     ckpt = tmp_path / "manual" / "model.pt"
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"weights")
-    good = Source.from_config("models.m.checkpoint", {"path": str(ckpt), "sha256": _sha(b"weights")})
+    good = Source.from_config(
+        "models.m.checkpoint", {"path": str(ckpt), "sha256": _sha(b"weights")}
+    )
     dest = tmp_path / "res" / "model.pt"
     assert materialize(good, dest).read_bytes() == b"weights"
     assert dest.is_symlink()
@@ -678,11 +701,12 @@ def test_offline_missing_sources_are_all_listed(tmp_path: Path) -> None:
     assert "https://e.org/clip.pt" in message and str(tmp_path / "r" / "clip.pt") in message
 
 
-def test_unreachable_host_is_a_missing_source(tmp_path: Path) -> None:
+def test_unreachable_host_is_a_missing_source(tmp_path: Path, sleeps: list[float]) -> None:
     url = f"http://127.0.0.1:{_closed_port()}/model.pt"
     src = Source.from_config("models.x.checkpoint", {"url": url})
     with pytest.raises(MissingSourcesError) as info:
         materialize(src, tmp_path / "model.pt", progress=_quiet)
+    assert sleeps == [0.5, 1.0, 2.0, 4.0, 8.0]  # retried with exponential backoff first
     assert url in str(info.value) and "models.x.checkpoint" in str(info.value)
     assert info.value.missing[0].put_at == tmp_path / "model.pt"
 

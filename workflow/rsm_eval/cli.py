@@ -29,8 +29,14 @@ def _json_arg(text: str) -> dict:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import generate_benchmark
 
-    summary = generate_benchmark(Path(args.out), seed=args.seed, n_train=args.n_train,
-                                 n_val=args.n_val, n_test=args.n_test)
+    summary = generate_benchmark(
+        Path(args.out),
+        seed=args.seed,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
+        n_csv_images=args.n_csv_images,
+    )
     print(json.dumps(summary.get("counts", {}), indent=1), file=sys.stderr)
 
 
@@ -38,8 +44,9 @@ def cmd_manifest(args: argparse.Namespace) -> None:
     from . import manifests
 
     dataset = Dataset(**args.dataset)
-    summary = manifests.write(dataset, Path(args.captions), Path(args.images),
-                              Path(args.summary), code=args.code)
+    summary = manifests.write(
+        dataset, Path(args.captions), Path(args.images), Path(args.summary), code=args.code
+    )
     print(json.dumps(summary, indent=1), file=sys.stderr)
 
 
@@ -66,9 +73,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from . import evaluate
 
     record = evaluate.write(
-        Path(args.captions), Path(args.image_features), Path(args.text_features),
-        Path(args.out_json), Path(args.out_ranks), model=args.model, dataset=args.dataset,
-        split=args.split, protocol=args.protocol, code=args.code,
+        Path(args.captions),
+        Path(args.image_features),
+        Path(args.text_features),
+        Path(args.out_json),
+        Path(args.out_ranks),
+        model=args.model,
+        dataset=args.dataset,
+        split=args.split,
+        protocol=args.protocol,
+        code=args.code,
     )
     print(json.dumps(record["metrics"], indent=1), file=sys.stderr)
 
@@ -92,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=300)
     p.add_argument("--n-val", type=int, default=50)
     p.add_argument("--n-test", type=int, default=100)
+    p.add_argument("--n-csv-images", type=int, default=300)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("manifest", help="annotations -> Parquet manifests")

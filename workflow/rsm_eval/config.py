@@ -121,7 +121,9 @@ def _fill_defaults(instance: Any, schema: dict, root: dict) -> None:
 def validate(raw: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Validate against the schema; return a copy with defaults filled in."""
     if not isinstance(raw, dict):
-        raise RsmEvalError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise RsmEvalError(
+            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
     schema = _schema()
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))

@@ -807,7 +807,6 @@ class _Entry:
     pixels: np.ndarray | None = None
     data: bytes | None = None
     filename: str = ""
-    split: str = ""
     notes: dict[str, object] = field(default_factory=dict)
 
 
@@ -951,7 +950,7 @@ def generate_benchmark(
         (pair_slots[i] for i in layout_rng.choice(len(pair_slots), size=n_shared, replace=False)),
         key=lambda p: (SPLITS.index(p[0]), p[1]),
     )
-    shared_second = set()
+    shared_second: set[tuple[str, int]] = set()
     for split, pos in chosen_pairs:
         classes[split][pos + 1] = classes[split][pos]
         shared_second.add((split, pos + 1))
@@ -1038,10 +1037,9 @@ def generate_benchmark(
 
     # --- names: per-class counters across both image sets, so no name is reused ---
     counters = dict.fromkeys(SCENE_CLASSES, 0)
-    for entry, split in karpathy:
+    for entry, _ in karpathy:
         counters[entry.cls] += 1
         entry.filename = f"{entry.cls}_{counters[entry.cls]}{entry.ext}"
-        entry.split = split
     for entry in csv_entries:
         counters[entry.cls] += 1
         entry.filename = f"{entry.cls}_{counters[entry.cls]}{entry.ext}"

@@ -41,8 +41,11 @@ class Progress:
         pct = 100 * self.done / max(self.total, 1)
         if pct >= self.next_pct or now - self.last > 30 or self.done == self.total:
             rate = self.done / max(now - self.start, 1e-9)
-            print(f"{self.what}: {self.done}/{self.total} ({pct:.0f}%, {rate:.1f}/s)",
-                  file=self.stream, flush=True)
+            print(
+                f"{self.what}: {self.done}/{self.total} ({pct:.0f}%, {rate:.1f}/s)",
+                file=self.stream,
+                flush=True,
+            )
             self.last = now
             while self.next_pct <= pct:
                 self.next_pct += 10
@@ -67,9 +70,16 @@ class _ImageFiles:
             raise RsmEvalError(f"{self.paths[i]}: cannot decode image ({exc})") from None
 
 
-def _embed_images(loaded: models.Loaded, paths: list[Path], keys: list[str],
-                  store: FeatureStore, device: str, batch_size: int, workers: int,
-                  chunk_rows: int) -> None:
+def _embed_images(
+    loaded: models.Loaded,
+    paths: list[Path],
+    keys: list[str],
+    store: FeatureStore,
+    device: str,
+    batch_size: int,
+    workers: int,
+    chunk_rows: int,
+) -> None:
     import torch
     import torch.nn.functional as F
 
@@ -99,8 +109,15 @@ def _embed_images(loaded: models.Loaded, paths: list[Path], keys: list[str],
         store.commit(pending_keys, np.concatenate(pending))
 
 
-def _embed_texts(loaded: models.Loaded, texts: list[str], keys: list[str], store: FeatureStore,
-                 device: str, batch_size: int, chunk_rows: int) -> None:
+def _embed_texts(
+    loaded: models.Loaded,
+    texts: list[str],
+    keys: list[str],
+    store: FeatureStore,
+    device: str,
+    batch_size: int,
+    chunk_rows: int,
+) -> None:
     import torch
     import torch.nn.functional as F
 
@@ -132,9 +149,20 @@ class EmbedResult:
     seconds: float
 
 
-def embed_split(model: Model, captions_path: Path, images_root: Path, split: str,
-                out_images: Path, out_texts: Path, *, cache_dir: Path, batch_size: int = 64,
-                workers: int = 2, device: str = "auto", chunk_rows: int = 2048) -> EmbedResult:
+def embed_split(
+    model: Model,
+    captions_path: Path,
+    images_root: Path,
+    split: str,
+    out_images: Path,
+    out_texts: Path,
+    *,
+    cache_dir: Path,
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str = "auto",
+    chunk_rows: int = 2048,
+) -> EmbedResult:
     """Write the image and text feature tables of one split, computing only what is missing."""
     t0 = time.monotonic()
     captions, manifest_meta = schemas.read_table(captions_path, schemas.CAPTIONS)
@@ -165,11 +193,26 @@ def embed_split(model: Model, captions_path: Path, images_root: Path, split: str
         computed[kind] += len(keys)
         net = ensure_model()
         if kind == "image":
-            _embed_images(net, [path_of[k] for k in keys], keys, image_store, used_device,
-                          batch_size, workers, chunk_rows)
+            _embed_images(
+                net,
+                [path_of[k] for k in keys],
+                keys,
+                image_store,
+                used_device,
+                batch_size,
+                workers,
+                chunk_rows,
+            )
         else:
-            _embed_texts(net, [text_of[k] for k in keys], keys, text_store, used_device,
-                         batch_size, chunk_rows)
+            _embed_texts(
+                net,
+                [text_of[k] for k in keys],
+                keys,
+                text_store,
+                used_device,
+                batch_size,
+                chunk_rows,
+            )
 
     out = {}
     for kind, store, keys in (("image", image_store, image_keys), ("text", text_store, text_keys)):
@@ -212,8 +255,9 @@ def embed_split(model: Model, captions_path: Path, images_root: Path, split: str
                 ),
             }
         )
-        schemas.write_table(table, path, schemas.features_schema(feats.shape[1]),
-                            {**meta, "kind": kind})
+        schemas.write_table(
+            table, path, schemas.features_schema(feats.shape[1]), {**meta, "kind": kind}
+        )
     print(
         f"embedded {result.images_computed} images and {result.texts_computed} captions; reused "
         f"{result.images_reused} images and {result.texts_reused} captions from {cache_dir}",
@@ -229,4 +273,3 @@ def read_features(path: Path | str) -> tuple[list[str], np.ndarray, dict]:
     dim = col.type.list_size
     feats = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
     return table.column("key").to_pylist(), feats, meta
-

@@ -23,14 +23,24 @@ def _gather(keys: list[str], table_keys: list[str], feats: np.ndarray, path: Pat
     pos = {k: i for i, k in enumerate(table_keys)}
     missing = [k for k in keys if k not in pos]
     if missing:
-        raise RsmEvalError(f"{path}: {len(missing)} rows of the manifest have no feature "
-                           f"(first key {missing[0]}); the features are stale, rerun embed")
+        raise RsmEvalError(
+            f"{path}: {len(missing)} rows of the manifest have no feature "
+            f"(first key {missing[0]}); the features are stale, rerun embed"
+        )
     return feats[[pos[k] for k in keys]]
 
 
-def evaluate(captions_path: Path, image_features: Path, text_features: Path, *, model: str,
-             dataset: str, split: str, protocol: str, code: str) -> tuple[dict[str, Any],
-                                                                           pa.Table]:
+def evaluate(
+    captions_path: Path,
+    image_features: Path,
+    text_features: Path,
+    *,
+    model: str,
+    dataset: str,
+    split: str,
+    protocol: str,
+    code: str,
+) -> tuple[dict[str, Any], pa.Table]:
     """Metrics record and per-query ranks table."""
     captions, manifest_meta = schemas.read_table(captions_path, schemas.CAPTIONS)
     image_keys, image_shas, text_shas, text_image = evaluation_order(captions, split)
@@ -80,10 +90,17 @@ def evaluate(captions_path: Path, image_features: Path, text_features: Path, *, 
     return record, ranks
 
 
-def write(captions_path: Path, image_features: Path, text_features: Path, out_json: Path,
-          out_ranks: Path, **kwargs: Any) -> dict[str, Any]:
+def write(
+    captions_path: Path,
+    image_features: Path,
+    text_features: Path,
+    out_json: Path,
+    out_ranks: Path,
+    **kwargs: Any,
+) -> dict[str, Any]:
     record, ranks = evaluate(captions_path, image_features, text_features, **kwargs)
-    schemas.write_table(ranks, out_ranks, schemas.RANKS,
-                        {"stage": "evaluate", "address": record["address"]})
+    schemas.write_table(
+        ranks, out_ranks, schemas.RANKS, {"stage": "evaluate", "address": record["address"]}
+    )
     cas.write_json_atomic(out_json, record)
     return record

@@ -14,6 +14,7 @@ model address mean equal inputs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -40,17 +41,18 @@ class FeatureStore:
     def chunks(self) -> list[Path]:
         if not self.root.is_dir():
             return []
-        return sorted(p for p in self.root.iterdir() if p.name.endswith(SUFFIX)
-                      and not p.name.startswith("."))
+        return sorted(
+            p for p in self.root.iterdir() if p.name.endswith(SUFFIX) and not p.name.startswith(".")
+        )
 
     def _quarantine(self, path: Path, why: str) -> None:
         # Keep the bad bytes for inspection but out of the store's sight.
-        print(f"feature store: chunk {path} {why}; set aside, its rows will be recomputed",
-              file=sys.stderr)
-        try:
+        print(
+            f"feature store: chunk {path} {why}; set aside, its rows will be recomputed",
+            file=sys.stderr,
+        )
+        with contextlib.suppress(FileNotFoundError):
             os.replace(path, path.with_name(path.name + ".corrupt"))
-        except FileNotFoundError:
-            pass
 
     def index(self, refresh: bool = False) -> dict[str, tuple[Path, int]]:
         """key -> (chunk, row) for every committed row (keys only are read)."""

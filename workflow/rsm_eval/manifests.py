@@ -70,7 +70,9 @@ def read_karpathy(path: Path, encoding: str = "utf-8") -> list[Row]:
             f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-        raise RsmEvalError(f"{path}: expected a JSON object with an 'images' list (Karpathy format)")
+        raise RsmEvalError(
+            f"{path}: expected a JSON object with an 'images' list (Karpathy format)"
+        )
     rows: list[Row] = []
     seen: dict[str, int] = {}
     for i, img in enumerate(doc["images"]):
@@ -107,8 +109,9 @@ def read_karpathy(path: Path, encoding: str = "utf-8") -> list[Row]:
     return rows
 
 
-def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str,
-          path: Path) -> str:
+def _pick(
+    columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path
+) -> str:
     if wanted is not None:
         if wanted not in columns:
             raise RsmEvalError(
@@ -125,8 +128,14 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
     )
 
 
-def read_caption_csv(path: Path, *, encoding: str = "utf-8", separator: str = ",",
-                     columns: dict[str, str] | None = None, split: str = "test") -> list[Row]:
+def read_caption_csv(
+    path: Path,
+    *,
+    encoding: str = "utf-8",
+    separator: str = ",",
+    columns: dict[str, str] | None = None,
+    split: str = "test",
+) -> list[Row]:
     """Rows of a caption CSV (`filepath,title` and similar); one row per image-caption pair."""
     columns = columns or {}
     text = _read_text(path, encoding)
@@ -243,8 +252,10 @@ def build(dataset: Dataset, *, threads: int = 4) -> tuple[pa.Table, pa.Table, di
     paths = [root / k for k in keys]
     with ThreadPoolExecutor(max_workers=threads) as pool:
         sizes = list(
-            pool.map(lambda kp: _inspect_image(kp[1], kp[0], dataset.max_image_pixels),
-                     zip(keys, paths, strict=True))
+            pool.map(
+                lambda kp: _inspect_image(kp[1], kp[0], dataset.max_image_pixels),
+                zip(keys, paths, strict=True),
+            )
         )
     shas = cas.memo().files(paths)
     image_sha = dict(zip(keys, shas, strict=True))
@@ -324,8 +335,9 @@ def build(dataset: Dataset, *, threads: int = 4) -> tuple[pa.Table, pa.Table, di
     return captions, images, summary
 
 
-def write(dataset: Dataset, captions_out: Path, images_out: Path, summary_out: Path,
-          code: str) -> dict[str, Any]:
+def write(
+    dataset: Dataset, captions_out: Path, images_out: Path, summary_out: Path, code: str
+) -> dict[str, Any]:
     """Build and write the manifests; every file appears whole or not at all."""
     captions, images, summary = build(dataset)
     address = cas.digest(
@@ -345,16 +357,15 @@ def write(dataset: Dataset, captions_out: Path, images_out: Path, summary_out: P
     return summary
 
 
-def evaluation_order(captions: pa.Table, split: str) -> tuple[list[str], list[str], list[str],
-                                                               list[int]]:
+def evaluation_order(
+    captions: pa.Table, split: str
+) -> tuple[list[str], list[str], list[str], list[int]]:
     """The protocol's order for one split.
 
     Returns (image_keys, image_sha256 per image, caption_sha256 per caption, text_image index
     per caption): images ordered by file name, captions grouped per image in file order.
     """
-    rows = [
-        r for r in captions.to_pylist() if r["split"] == split
-    ]
+    rows = [r for r in captions.to_pylist() if r["split"] == split]
     rows.sort(key=lambda r: (r["image_key"], r["caption_index"]))
     image_keys: list[str] = []
     image_shas: list[str] = []

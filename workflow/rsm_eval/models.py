@@ -95,7 +95,9 @@ def _arch_name(model: Model) -> str:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise RsmEvalError(f"models.{model.name}.arch: cannot read model config {path}: {exc}")
+        raise RsmEvalError(
+            f"models.{model.name}.arch: cannot read model config {path}: {exc}"
+        ) from None
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in cfg:
             raise RsmEvalError(f"models.{model.name}.arch: {path} lacks {key!r} (open_clip config)")
@@ -182,7 +184,8 @@ def read_state_dict(path: Path, *, key: str = "weights") -> dict[str, torch.Tens
             is_torch_zip = any(n.endswith("/data.pkl") for n in zf.namelist())
             if not is_torch_zip:
                 members = [
-                    n for n in zf.namelist()
+                    n
+                    for n in zf.namelist()
                     if n.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
                 ]
                 if len(members) != 1:
@@ -214,13 +217,19 @@ def read_state_dict(path: Path, *, key: str = "weights") -> dict[str, torch.Tens
         except RuntimeError as exc:
             msg = str(exc)
             if "TorchScript" in msg or "constants.pkl" in msg:
-                raise RsmEvalError(f"{key}: {path} is a TorchScript archive, not a state dict")
-            raise RsmEvalError(f"{key}: {path} is not a readable torch checkpoint ({msg})")
+                raise RsmEvalError(
+                    f"{key}: {path} is a TorchScript archive, not a state dict"
+                ) from None
+            raise RsmEvalError(
+                f"{key}: {path} is not a readable torch checkpoint ({msg})"
+            ) from None
         except (EOFError, OSError, zipfile.BadZipFile) as exc:
             raise RsmEvalError(f"{key}: {path} is truncated or corrupt ({exc})") from None
         state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(state, dict) or not state:
-        raise RsmEvalError(f"{key}: {path} does not hold a state dict (found {type(state).__name__})")
+        raise RsmEvalError(
+            f"{key}: {path} does not hold a state dict (found {type(state).__name__})"
+        )
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise RsmEvalError(f"{key}: {path}: non-tensor entries in state dict: {bad[:10]}")
@@ -258,8 +267,7 @@ def load_state_dict(net: Any, state: dict[str, Any], *, where: str) -> None:
                 more = f" (+{len(items) - 20} more)" if len(items) > 20 else ""
                 parts.append(f"{label} keys: {', '.join(items[:20])}{more}")
         raise RsmEvalError(
-            f"{where}: checkpoint does not match the configured architecture; "
-            + "; ".join(parts)
+            f"{where}: checkpoint does not match the configured architecture; " + "; ".join(parts)
         )
     net.load_state_dict(state, strict=True)
 

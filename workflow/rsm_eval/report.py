@@ -22,14 +22,33 @@ from .errors import RsmEvalError
 
 # The contract other tools rely on: these first columns, in this order; later ones may follow.
 CSV_COLUMNS = (
-    "model", "dataset", "split", "n_images", "n_captions",
-    "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mean_recall",
+    "model",
+    "dataset",
+    "split",
+    "n_images",
+    "n_captions",
+    "i2t_r1",
+    "i2t_r5",
+    "i2t_r10",
+    "t2i_r1",
+    "t2i_r5",
+    "t2i_r10",
+    "mean_recall",
 )
-EXTRA_COLUMNS = ("protocol", "n_distinct_captions", "address", "model_address",
-                 "manifest_address")
+EXTRA_COLUMNS = ("protocol", "n_distinct_captions", "address", "model_address", "manifest_address")
 METRICS = CSV_COLUMNS[5:]
-PACKAGES = ("rsm-eval", "snakemake", "open_clip_torch", "torch", "torchvision", "numpy",
-            "pandas", "pyarrow", "pillow", "clip_benchmark")
+PACKAGES = (
+    "rsm-eval",
+    "snakemake",
+    "open_clip_torch",
+    "torch",
+    "torchvision",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "pillow",
+    "clip_benchmark",
+)
 
 
 def load_records(paths: list[Path]) -> list[dict[str, Any]]:
@@ -90,18 +109,26 @@ def _versions() -> dict[str, str]:
 
 def _git(root: Path) -> str:
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True,
-                                capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
-                                "--untracked-files=no"], check=True, capture_output=True,
-                               text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         return commit + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
 
 
-def provenance(records: list[dict[str, Any]], summaries: list[dict[str, Any]],
-               workflow_root: Path) -> dict[str, Any]:
+def provenance(
+    records: list[dict[str, Any]], summaries: list[dict[str, Any]], workflow_root: Path
+) -> dict[str, Any]:
     entries = []
     for r in records:
         spec = r["inputs"].get("model_spec") or {}
@@ -123,9 +150,13 @@ def provenance(records: list[dict[str, Any]], summaries: list[dict[str, Any]],
         )
     return {
         "rows": entries,
-        "datasets": {s["dataset"]: {"address": s.get("address"),
-                                    "annotations_sha256": s.get("annotations_sha256")}
-                     for s in summaries},
+        "datasets": {
+            s["dataset"]: {
+                "address": s.get("address"),
+                "annotations_sha256": s.get("annotations_sha256"),
+            }
+            for s in summaries
+        },
         "packages": _versions(),
         "git_commit": _git(workflow_root),
     }
@@ -138,12 +169,16 @@ def _svg_chart(table: list[dict[str, Any]]) -> str:
     colors = ["#1f77b4", "#6baed6", "#c6dbef", "#d62728", "#fc9272", "#fee0d2"]
     bar, gap, height, top = 10, 22, 200, 20
     width = 60 + len(table) * (6 * bar + gap)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 110}" '
-             'role="img" aria-label="recall at k per model and dataset">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 110}" '
+        'role="img" aria-label="recall at k per model and dataset">'
+    ]
     for pct in (0, 25, 50, 75, 100):
         y = top + height - pct / 100 * height
-        parts.append(f'<line x1="40" x2="{width}" y1="{y}" y2="{y}" stroke="#ddd"/>'
-                     f'<text x="35" y="{y + 4}" font-size="10" text-anchor="end">{pct}</text>')
+        parts.append(
+            f'<line x1="40" x2="{width}" y1="{y}" y2="{y}" stroke="#ddd"/>'
+            f'<text x="35" y="{y + 4}" font-size="10" text-anchor="end">{pct}</text>'
+        )
     for g, row in enumerate(table):
         x0 = 50 + g * (6 * bar + gap)
         for j, m in enumerate(METRICS[:6]):
@@ -151,15 +186,19 @@ def _svg_chart(table: list[dict[str, Any]]) -> str:
             parts.append(
                 f'<rect x="{x0 + j * bar}" y="{top + height - h:.1f}" width="{bar - 1}" '
                 f'height="{h:.1f}" fill="{colors[j]}"><title>{html.escape(row["model"])} '
-                f'{html.escape(row["dataset"])} {m} = {row[m]:.2f}</title></rect>'
+                f"{html.escape(row['dataset'])} {m} = {row[m]:.2f}</title></rect>"
             )
-        label = html.escape(f'{row["model"]} / {row["dataset"]}')
-        parts.append(f'<text x="{x0}" y="{top + height + 12}" font-size="10" '
-                     f'transform="rotate(30 {x0} {top + height + 12})">{label}</text>')
+        label = html.escape(f"{row['model']} / {row['dataset']}")
+        parts.append(
+            f'<text x="{x0}" y="{top + height + 12}" font-size="10" '
+            f'transform="rotate(30 {x0} {top + height + 12})">{label}</text>'
+        )
     for j, m in enumerate(METRICS[:6]):
-        parts.append(f'<rect x="{50 + j * 70}" y="{height + 95}" width="10" height="10" '
-                     f'fill="{colors[j]}"/><text x="{64 + j * 70}" y="{height + 104}" '
-                     f'font-size="10">{m}</text>')
+        parts.append(
+            f'<rect x="{50 + j * 70}" y="{height + 95}" width="10" height="10" '
+            f'fill="{colors[j]}"/><text x="{64 + j * 70}" y="{height + 104}" '
+            f'font-size="10">{m}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -173,45 +212,107 @@ PROTOCOL_NOTE = (
 )
 
 
-def render(records: list[dict[str, Any]], summaries: list[dict[str, Any]], out_dir: Path,
-           workflow_root: Path) -> dict[str, Path]:
+def render(
+    records: list[dict[str, Any]],
+    summaries: list[dict[str, Any]],
+    out_dir: Path,
+    workflow_root: Path,
+) -> dict[str, Path]:
     table = rows(records)
     prov = provenance(records, summaries, workflow_root)
     header = list(CSV_COLUMNS) + ["protocol"]
     body = [[r[k] if k not in METRICS else f"{r[k]:.2f}" for k in header] for r in table]
 
-    md = ["# RSM-Eval retrieval report", "", PROTOCOL_NOTE, "", "## Retrieval", "",
-          _md_table(header, body), "", "## Datasets", ""]
+    md = [
+        "# RSM-Eval retrieval report",
+        "",
+        PROTOCOL_NOTE,
+        "",
+        "## Retrieval",
+        "",
+        _md_table(header, body),
+        "",
+        "## Datasets",
+        "",
+    ]
     for s in summaries:
-        md.append(f"- **{s['dataset']}**: " + ", ".join(
-            f"{split}: {c['images']} images, {c['captions']} captions "
-            f"({c['distinct_captions']} distinct)" for split, c in s["counts"].items()))
+        md.append(
+            f"- **{s['dataset']}**: "
+            + ", ".join(
+                f"{split}: {c['images']} images, {c['captions']} captions "
+                f"({c['distinct_captions']} distinct)"
+                for split, c in s["counts"].items()
+            )
+        )
         if s.get("quirks"):
             md.append("  quirks: " + ", ".join(f"{k} = {v}" for k, v in s["quirks"].items()))
-    md += ["", "## Provenance", "", f"git commit: `{prov['git_commit']}`", "",
-           _md_table(["model", "dataset", "row address", "weights", "manifest sha256",
-                      "image features sha256", "text features sha256"],
-                     [[e["model"], e["dataset"], f"`{e['row_address'][:16]}`",
-                       f"`{json.dumps(e['weights'], sort_keys=True)}`",
-                       f"`{(e['manifest_sha256'] or '')[:16]}`",
-                       f"`{e['image_features_sha256'][:16]}`",
-                       f"`{e['text_features_sha256'][:16]}`"] for e in prov["rows"]]),
-           "", "Packages: " + ", ".join(f"{k} {v}" for k, v in prov["packages"].items()), ""]
+    md += [
+        "",
+        "## Provenance",
+        "",
+        f"git commit: `{prov['git_commit']}`",
+        "",
+        _md_table(
+            [
+                "model",
+                "dataset",
+                "row address",
+                "weights",
+                "manifest sha256",
+                "image features sha256",
+                "text features sha256",
+            ],
+            [
+                [
+                    e["model"],
+                    e["dataset"],
+                    f"`{e['row_address'][:16]}`",
+                    f"`{json.dumps(e['weights'], sort_keys=True)}`",
+                    f"`{(e['manifest_sha256'] or '')[:16]}`",
+                    f"`{e['image_features_sha256'][:16]}`",
+                    f"`{e['text_features_sha256'][:16]}`",
+                ]
+                for e in prov["rows"]
+            ],
+        ),
+        "",
+        "Packages: " + ", ".join(f"{k} {v}" for k, v in prov["packages"].items()),
+        "",
+    ]
 
     esc = html.escape
     th = "".join(f"<th>{esc(h)}</th>" for h in header)
     trs = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in body)
     prov_rows = "".join(
-        "<tr>" + "".join(f"<td><code>{esc(str(c))}</code></td>" for c in (
-            e["model"], e["dataset"], e["row_address"], json.dumps(e["weights"], sort_keys=True),
-            e["manifest_sha256"], e["image_features_sha256"], e["text_features_sha256"])) + "</tr>"
-        for e in prov["rows"])
+        "<tr>"
+        + "".join(
+            f"<td><code>{esc(str(c))}</code></td>"
+            for c in (
+                e["model"],
+                e["dataset"],
+                e["row_address"],
+                json.dumps(e["weights"], sort_keys=True),
+                e["manifest_sha256"],
+                e["image_features_sha256"],
+                e["text_features_sha256"],
+            )
+        )
+        + "</tr>"
+        for e in prov["rows"]
+    )
     ds = "".join(
-        f"<li><b>{esc(s['dataset'])}</b>: " + esc(", ".join(
-            f"{split}: {c['images']} images, {c['captions']} captions "
-            f"({c['distinct_captions']} distinct)" for split, c in s["counts"].items()))
-        + (f"<br>quirks: {esc(json.dumps(s['quirks']))}" if s.get("quirks") else "") + "</li>"
-        for s in summaries)
+        f"<li><b>{esc(s['dataset'])}</b>: "
+        + esc(
+            ", ".join(
+                f"{split}: {c['images']} images, {c['captions']} captions "
+                f"({c['distinct_captions']} distinct)"
+                for split, c in s["counts"].items()
+            )
+        )
+        + (f"<br>quirks: {esc(json.dumps(s['quirks']))}" if s.get("quirks") else "")
+        + "</li>"
+        for s in summaries
+    )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>RSM-Eval retrieval report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
@@ -221,7 +322,7 @@ code{{font-size:11px}}</style></head><body>
 <h2>Retrieval</h2><table><tr>{th}</tr>{trs}</table>
 <h2>Recall@k</h2>{_svg_chart(table)}
 <h2>Datasets</h2><ul>{ds}</ul>
-<h2>Provenance</h2><p>git commit: <code>{esc(prov['git_commit'])}</code></p>
+<h2>Provenance</h2><p>git commit: <code>{esc(prov["git_commit"])}</code></p>
 <table><tr><th>model</th><th>dataset</th><th>row address</th><th>weights</th>
 <th>manifest sha256</th><th>image features sha256</th><th>text features sha256</th></tr>
 {prov_rows}</table>

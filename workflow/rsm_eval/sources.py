@@ -540,6 +540,26 @@ def download(
     dest = Path(dest)
     if sha256 is not None:
         sha256 = _check_sha256(key, sha256)
+    try:
+        return _download(url, dest, key, sha256, size, retries, backoff, timeout, progress)
+    except OSError as exc:  # network errors are handled inside; these are local disk errors
+        raise DownloadError(
+            f"{key}: cannot write the download of {url} to {dest}: {exc}; expected a writable "
+            "directory with enough free space"
+        ) from exc
+
+
+def _download(
+    url: str,
+    dest: Path,
+    key: str,
+    sha256: str | None,
+    size: int | None,
+    retries: int,
+    backoff: float,
+    timeout: float,
+    progress: Progress | None,
+) -> str:
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part_path(dest)
     transfer = _Transfer(
@@ -551,6 +571,7 @@ def download(
         report=progress if progress is not None else _StderrProgress(f"{key}: {url}"),
         leftover_kept=part.exists() and part.stat().st_size > 0,
     )
+    transfer.best = part.stat().st_size if transfer.leftover_kept else 0
     failures = 0
     while True:
         try:
@@ -594,7 +615,7 @@ def download(
             if transfer.leftover_kept:
                 # The .part left by an earlier call may belong to an older version of the file.
                 transfer.leftover_kept = False
-                failures = 0
+                transfer.best = failures = 0
                 continue
             raise problem
         _fsync_file(part)
@@ -654,15 +675,21 @@ class LockFile:
         where = f"{key} (lock file {self.path})"
         entry = {"sha256": _check_sha256(where, sha256), "size": _check_size(where, size)}
         entry["url"] = url
-        with _flock(self.path.with_name(self.path.name + ".lock")):
-            data = self._load()  # re-read under the lock: another writer may have added keys
-            if data.get(key) == entry:
-                return
-            data[key] = entry
-            body = yaml.safe_dump(
-                data, sort_keys=True, default_flow_style=False, allow_unicode=True
-            )
-            _atomic_write_text(self.path, _LOCK_HEADER + body)
+        try:
+            with _flock(self.path.with_name(self.path.name + ".lock")):
+                data = self._load()  # re-read under the lock: another writer may have added keys
+                if data.get(key) == entry:
+                    return
+                data[key] = entry
+                body = yaml.safe_dump(
+                    data, sort_keys=True, default_flow_style=False, allow_unicode=True
+                )
+                _atomic_write_text(self.path, _LOCK_HEADER + body)
+        except OSError as exc:
+            raise RsmEvalError(
+                f"{key}: cannot record its checksum in lock file {self.path}: {exc}; expected a "
+                "writable file"
+            ) from exc
 
 
 # --------------------------------------------------------------------------- archives
@@ -1275,12 +1302,18 @@ def materialize(
     ``offline`` or an unreachable host raises MissingSourcesError naming where to put the file.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if source.path is not None:
-        return _materialize_path(source, dest, lock, refresh_lock)
-    if source.member is None:
-        return _materialize_url(source, dest, lock, refresh_lock, offline, progress)
-    return _materialize_url_member(source, dest, lock, refresh_lock, offline, progress)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if source.path is not None:
+            return _materialize_path(source, dest, lock, refresh_lock)
+        if source.member is None:
+            return _materialize_url(source, dest, lock, refresh_lock, offline, progress)
+        return _materialize_url_member(source, dest, lock, refresh_lock, offline, progress)
+    except OSError as exc:
+        raise RsmEvalError(
+            f"{source.key}: cannot make {source.origin} available at {dest}: {exc}; expected "
+            "readable inputs and a writable destination"
+        ) from exc
 
 
 def check_available(sources: list[tuple[Source, Path]]) -> None:

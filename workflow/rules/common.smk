@@ -1,13 +1,16 @@
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 PACKAGE_ROOT = Path(workflow.basedir) / "workflow"
 sys.path.insert(0, str(PACKAGE_ROOT))
-# Jobs (locally, in conda envs, on cluster nodes) import the package from the checkout.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p
+# Every job runs the package from this checkout, in whatever Python the job has (the
+# virtualenv, a conda env of envs/, a cluster node's).
+shell.prefix(
+    "set -euo pipefail; "
+    f"export PYTHONPATH={shlex.quote(str(PACKAGE_ROOT))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
 
 from rsm_eval import cas

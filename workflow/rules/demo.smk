@@ -10,17 +10,19 @@ rule demo_benchmark:
         images=directory(f"{DEMO_OUT}/images"),
         csv=f"{DEMO_OUT}/RSMITD.csv",
         csv_images=directory(f"{DEMO_OUT}/rsmitd_images"),
-    params:
-        out=DEMO_OUT,
-        seed=DEMO.get("seed", 0),
-        n_train=DEMO.get("n_train", 300),
-        n_val=DEMO.get("n_val", 50),
-        n_test=DEMO.get("n_test", 100),
     log:
         "results/logs/demo_benchmark.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        out=lambda wc, output: os.path.dirname(output.annotations),
+        seed=DEMO.get("seed", 0),
+        n_train=DEMO.get("n_train", 300),
+        n_val=DEMO.get("n_val", 50),
+        n_test=DEMO.get("n_test", 100),
+        n_csv_images=DEMO.get("n_csv_images", 300),
     shell:
         "python -m rsm_eval demo --out {params.out:q} --seed {params.seed}"
         " --n-train {params.n_train} --n-val {params.n_val} --n-test {params.n_test}"
+        " --n-csv-images {params.n_csv_images}"
         " 2> {log:q}"

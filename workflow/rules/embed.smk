@@ -9,6 +9,12 @@ rule embed:
     output:
         images="results/features/{model}/{dataset}/images.parquet",
         texts="results/features/{model}/{dataset}/texts.parquet",
+    log:
+        "results/logs/embed/{model}/{dataset}.log",
+    conda:
+        "../../envs/torch.yaml"
+    resources:
+        gpu=1,
     params:
         model=lambda wc: model_json(wc.model),
         model_address=lambda wc: model_address(wc.model),
@@ -20,12 +26,6 @@ rule embed:
         device=CFG.embed["device"],
         chunk_rows=CFG.embed["chunk_rows"],
         code=CODE["embed"],
-    resources:
-        gpu=1,
-    log:
-        "results/logs/embed/{model}/{dataset}.log",
-    conda:
-        "../../envs/torch.yaml"
     shell:
         "python -m rsm_eval embed --model {params.model:q} --captions {input.captions:q}"
         " --images-root {params.images_root:q} --split {params.split:q}"

@@ -9,13 +9,13 @@ rule evaluate:
     output:
         metrics="results/metrics/{model}/{dataset}/{protocol}.json",
         ranks="results/metrics/{model}/{dataset}/{protocol}.ranks.parquet",
-    params:
-        split=lambda wc: CFG.datasets[wc.dataset].split,
-        code=CODE["evaluate"],
     log:
         "results/logs/evaluate/{model}/{dataset}/{protocol}.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        split=lambda wc: CFG.datasets[wc.dataset].split,
+        code=CODE["evaluate"],
     shell:
         "python -m rsm_eval evaluate --captions {input.captions:q}"
         " --image-features {input.images:q} --text-features {input.texts:q}"

@@ -13,6 +13,10 @@ rule manifest:
         captions="results/manifests/{dataset}/captions.parquet",
         images="results/manifests/{dataset}/images.parquet",
         summary="results/manifests/{dataset}/summary.json",
+    log:
+        "results/logs/manifest/{dataset}.log",
+    conda:
+        "../../envs/data.yaml"
     params:
         dataset=lambda wc: dataset_json(wc.dataset),
         annotations_address=lambda wc: source_address(
@@ -20,10 +24,6 @@ rule manifest:
         ),
         images_address=lambda wc: source_address(CFG.datasets[wc.dataset].images),
         code=CODE["manifest"],
-    log:
-        "results/logs/manifest/{dataset}.log",
-    conda:
-        "../../envs/data.yaml"
     shell:
         "python -m rsm_eval manifest --dataset {params.dataset:q}"
         " --captions {output.captions:q} --images {output.images:q}"

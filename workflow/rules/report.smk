@@ -18,13 +18,13 @@ rule report:
             category="Retrieval",
         ),
         provenance="results/report/provenance.json",
-    params:
-        root=workflow.basedir,
-        code=CODE["report"],
     log:
         "results/logs/report.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        root=workflow.basedir,
+        code=CODE["report"],
     shell:
         "python -m rsm_eval report --metrics {input.metrics:q}"
         " --summaries {input.summaries:q} --out-dir results/report"

@@ -22,8 +22,17 @@ ENVS = {
     },
     "torch": {
         "doc": "Embedding steps: torch (CUDA wheels), torchvision and open_clip.",
-        "packages": ["numpy", "pandas", "pyarrow", "pillow", "pyyaml", "jsonschema", "torch",
-                     "torchvision", "open_clip_torch"],
+        "packages": [
+            "numpy",
+            "pandas",
+            "pyarrow",
+            "pillow",
+            "pyyaml",
+            "jsonschema",
+            "torch",
+            "torchvision",
+            "open_clip_torch",
+        ],
     },
 }
 
