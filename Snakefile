@@ -1,6 +1,7 @@
 # RSM-Eval: fetch -> manifests -> features (per model, cached by content) -> metrics -> report.
 #
-#   demo/sources   datasets and checkpoints             (workflow/rules/demo.smk)
+#   sources        download / extract / verify inputs   (workflow/rules/sources.smk)
+#   demo           the generated offline benchmark      (workflow/rules/demo.smk)
 #   manifests      annotations -> Parquet, validated    (workflow/rules/manifests.smk)
 #   embed          features of the evaluated split      (workflow/rules/embed.smk)
 #   evaluate       recall@k by the published protocol  (workflow/rules/evaluate.smk)
@@ -17,6 +18,7 @@ if not config:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/sources.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/manifests.smk"
 include: "workflow/rules/embed.smk"

@@ -68,7 +68,7 @@ def write_config(workdir: Path, weights_a: str) -> None:
 
 
 def features_meta(workdir: Path, model: str, kind: str = "images") -> dict:
-    path = workdir / f"results/features/{model}/demo/{kind}.parquet"
+    path = workdir / f"results/features/{model}/demo/remoteclip/{kind}.parquet"
     return json.loads(pq.read_schema(path).metadata[b"rsm_eval"])
 
 
@@ -86,7 +86,7 @@ def reference_metrics(workdir: Path, model: str) -> dict[str, float]:
     caps = caps[caps.split == "test"].sort_values(["image_key", "caption_index"])
     feats = {}
     for kind in ("images", "texts"):
-        t = pq.read_table(workdir / f"results/features/{model}/demo/{kind}.parquet")
+        t = pq.read_table(workdir / f"results/features/{model}/demo/remoteclip/{kind}.parquet")
         emb = np.stack(t.column("embedding").to_numpy(zero_copy_only=False))
         feats[kind] = dict(zip(t.column("key").to_pylist(), emb, strict=True))
     image_keys = list(dict.fromkeys(caps.image_key))
@@ -152,8 +152,8 @@ def test_content_addressing_contract(workdir):
     after = mtimes(workdir)
     changed = {p for p in after if after[p] != before.get(p)}
     assert changed == {
-        "results/features/ckpt-a/demo/images.parquet",
-        "results/features/ckpt-a/demo/texts.parquet",
+        "results/features/ckpt-a/demo/remoteclip/images.parquet",
+        "results/features/ckpt-a/demo/remoteclip/texts.parquet",
         "results/metrics/ckpt-a/demo/remoteclip.json",
         "results/metrics/ckpt-a/demo/remoteclip.ranks.parquet",
         "results/report/retrieval.csv",

@@ -40,6 +40,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(json.dumps(summary.get("counts", {}), indent=1), file=sys.stderr)
 
 
+def cmd_fetch(args: argparse.Namespace) -> None:
+    from . import sources
+
+    entry = dict(args.source)
+    key = entry.pop("key", args.dest)
+    source = sources.Source.from_config(key, entry)
+    lock = sources.LockFile(Path(args.lock))
+    dest = sources.materialize(source, Path(args.dest), lock=lock, refresh_lock=args.refresh_lock)
+    print(f"{key}: ready at {dest}", file=sys.stderr)
+
+
 def cmd_manifest(args: argparse.Namespace) -> None:
     from . import manifests
 
@@ -66,6 +77,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
         workers=args.workers,
         device=args.device,
         chunk_rows=args.chunk_rows,
+        text_prefix=args.text_prefix,
+        autocast=args.autocast,
     )
 
 
@@ -109,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-csv-images", type=int, default=300)
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("fetch", help="download / extract / verify one source")
+    p.add_argument("--source", type=_json_arg, required=True, help="source entry (+ key) as JSON")
+    p.add_argument("--dest", required=True)
+    p.add_argument("--lock", default="sources.lock.yaml")
+    p.add_argument("--refresh-lock", action="store_true")
+    p.set_defaults(func=cmd_fetch)
+
     p = sub.add_parser("manifest", help="annotations -> Parquet manifests")
     p.add_argument("--dataset", type=_json_arg, required=True, help="dataset entry as JSON")
     p.add_argument("--captions", required=True)
@@ -129,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--chunk-rows", type=int, default=2048)
+    p.add_argument("--text-prefix", default="", help="prepended to every caption (skyscript)")
+    p.add_argument("--autocast", action="store_true", help="mixed precision (not published)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("evaluate", help="retrieval metrics from cached features")

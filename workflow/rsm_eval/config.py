@@ -18,6 +18,24 @@ import yaml
 from .errors import RsmEvalError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+REGISTRY_PATH = Path(__file__).resolve().parent / "data" / "registry.yaml"
+# Where fetched sources land: results/sources/<kind>/<name>/<field>/<file name>.
+SOURCES_DIR = "results/sources"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A config source that a `fetch` job materialises at `dest` (or that is used in place)."""
+
+    key: str  # config key, e.g. "models.rsm-clip.weights"
+    entry: dict[str, Any]  # the config mapping (url | path, sha256, size, member, instructions)
+    dest: str  # local path the rest of the workflow reads
+    is_dir: bool
+
+    @property
+    def fetched(self) -> bool:
+        """True when a job must download or extract it; False for a plain manual path."""
+        return "url" in self.entry or "member" in self.entry
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,7 @@ class Dataset:
     columns: dict[str, str] = field(default_factory=dict)
     expected: dict[str, dict[str, int]] = field(default_factory=dict)
     max_image_pixels: int = 100_000_000
+    published: str = ""
 
     def params(self) -> dict[str, Any]:
         """What changes the manifest besides the file contents (paths excluded on purpose)."""
@@ -57,6 +76,8 @@ class Model:
     random: int | None = None
     force_quick_gelu: bool = False
     label: str = ""
+    registry: str | None = None
+    published: dict[str, str] | None = None
 
     @property
     def weights_kind(self) -> str:
@@ -72,6 +93,12 @@ class Evaluation:
     model: str
     dataset: str
     protocol: str = "remoteclip"
+    autocast: bool = False
+
+    @property
+    def variant(self) -> str:
+        """File-name part that tells evaluations of one model x dataset apart."""
+        return self.protocol + ("-autocast" if self.autocast else "")
 
 
 @dataclass(frozen=True)
@@ -82,6 +109,7 @@ class Config:
     evaluations: tuple[Evaluation, ...]
     cache_dir: str
     embed: dict[str, Any]
+    sources: dict[str, SourceSpec] = field(default_factory=dict)
 
     def model_datasets(self) -> list[tuple[str, str]]:
         """Distinct (model, dataset) pairs that need features."""
@@ -134,8 +162,8 @@ def validate(raw: dict[str, Any], source: str = "config") -> dict[str, Any]:
             if err.validator == "additionalProperties":
                 allowed = sorted(err.schema.get("properties", {}))
                 msg += f" (allowed keys: {', '.join(allowed)})"
-            elif err.validator == "oneOf" and "models" in list(err.absolute_path)[:1]:
-                msg = "a model needs exactly one of 'weights', 'pretrained' or 'random'"
+            elif err.validator == "oneOf":
+                msg = "expected a path (string) or a source mapping with 'url' or 'path'"
             lines.append(f"  {_key_path(err)}: {msg}")
         raise RsmEvalError(f"{source}: invalid configuration\n" + "\n".join(lines))
     filled = copy.deepcopy(raw)
@@ -143,11 +171,71 @@ def validate(raw: dict[str, Any], source: str = "config") -> dict[str, Any]:
     return filled
 
 
+def registry() -> dict[str, dict[str, Any]]:
+    return yaml.safe_load(REGISTRY_PATH.read_text(encoding="utf-8"))
+
+
+def _resolve_model(name: str, entry: dict[str, Any], source: str) -> dict[str, Any]:
+    """Fill a model entry from the registry (config fields win) and check its weights."""
+    entry = dict(entry)
+    if "registry" in entry:
+        known = registry()
+        if entry["registry"] not in known:
+            raise RsmEvalError(
+                f"{source}: models.{name}.registry: unknown registry entry "
+                f"{entry['registry']!r} (known: {', '.join(known)})"
+            )
+        base = copy.deepcopy(known[entry["registry"]])
+        # An explicit weight source in config replaces the registry's one.
+        if {"weights", "pretrained", "random"} & set(entry):
+            for k in ("weights", "pretrained", "random"):
+                base.pop(k, None)
+        entry = {**base, **entry}
+    if "arch" not in entry:
+        raise RsmEvalError(f"{source}: models.{name}: needs 'arch' (or a 'registry' entry)")
+    given = [k for k in ("weights", "pretrained", "random") if k in entry]
+    if len(given) != 1:
+        raise RsmEvalError(
+            f"{source}: models.{name}: a model needs exactly one of 'weights', 'pretrained' or "
+            f"'random' (found {given or 'none'})"
+        )
+    return entry
+
+
+def _source_path(key: str, value: Any, is_dir: bool, sources: dict[str, SourceSpec]) -> str:
+    """The local path for a config value that is a path or a source mapping."""
+    if isinstance(value, str):
+        return value
+    entry = dict(value)
+    if "url" in entry or "member" in entry:
+        origin = entry.get("member") or entry.get("url") or entry.get("path")
+        leaf = Path(origin.rstrip("/").split("?", 1)[0]).name or "data"
+        dest = f"{SOURCES_DIR}/{key.replace('.', '/')}/{leaf}"
+    else:
+        dest = entry["path"]
+    sources[dest] = SourceSpec(key=key, entry=entry, dest=dest, is_dir=is_dir)
+    return dest
+
+
 def load(raw: dict[str, Any], source: str = "config") -> Config:
     """Validate and normalise a configuration mapping (as Snakemake's `config`)."""
     cfg = validate(raw, source)
-    datasets = {name: Dataset(name=name, **entry) for name, entry in cfg["datasets"].items()}
-    models = {name: Model(name=name, **entry) for name, entry in cfg["models"].items()}
+    sources: dict[str, SourceSpec] = {}
+    datasets = {}
+    for name, entry in cfg["datasets"].items():
+        entry = dict(entry)
+        entry.setdefault("published", name)
+        for fld, is_dir in (("annotations", False), ("images", True)):
+            entry[fld] = _source_path(f"datasets.{name}.{fld}", entry[fld], is_dir, sources)
+        datasets[name] = Dataset(name=name, **entry)
+    models = {}
+    for name, entry in cfg["models"].items():
+        entry = _resolve_model(name, entry, source)
+        if "weights" in entry:
+            entry["weights"] = _source_path(
+                f"models.{name}.weights", entry["weights"], False, sources
+            )
+        models[name] = Model(name=name, **entry)
     if "evaluations" in cfg:
         evaluations = []
         for i, ev in enumerate(cfg["evaluations"]):
@@ -171,6 +259,7 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
         evaluations=tuple(dict.fromkeys(evaluations)),
         cache_dir=cfg["cache_dir"],
         embed=cfg["embed"],
+        sources=sources,
     )
 
 

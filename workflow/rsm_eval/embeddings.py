@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import models, schemas
+from . import cas, models, schemas
 from .config import Model
 from .errors import RsmEvalError
 from .featstore import FeatureStore
@@ -70,15 +70,46 @@ class _ImageFiles:
             raise RsmEvalError(f"{self.paths[i]}: cannot decode image ({exc})") from None
 
 
+class _ChunkWriter:
+    """Collects computed rows and commits them to the store every `chunk_rows` rows, so an
+    interrupted job loses at most one chunk of work."""
+
+    def __init__(self, store: FeatureStore, keys: list[str], chunk_rows: int, what: str):
+        self.store, self.keys, self.chunk_rows = store, keys, chunk_rows
+        self.progress = Progress(what, len(keys))
+        self.done = 0
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
+
+    def add(self, feats: np.ndarray) -> None:
+        self.pending.append(feats)
+        self.pending_rows += len(feats)
+        self.progress.update(len(feats))
+        if self.pending_rows >= self.chunk_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending_rows:
+            rows = self.keys[self.done : self.done + self.pending_rows]
+            self.store.commit(rows, np.concatenate(self.pending))
+            self.done += self.pending_rows
+            self.pending, self.pending_rows = [], 0
+
+
+def _autocast(device: str, enabled: bool):
+    import torch
+
+    return torch.autocast(device_type=device.split(":")[0], enabled=enabled)
+
+
 def _embed_images(
     loaded: models.Loaded,
     paths: list[Path],
-    keys: list[str],
-    store: FeatureStore,
+    writer: _ChunkWriter,
     device: str,
     batch_size: int,
     workers: int,
-    chunk_rows: int,
+    autocast: bool,
 ) -> None:
     import torch
     import torch.nn.functional as F
@@ -87,55 +118,37 @@ def _embed_images(
         _ImageFiles(paths, loaded.preprocess),
         batch_size=batch_size,
         num_workers=workers,
-        pin_memory=device == "cuda",
+        pin_memory=device.startswith("cuda"),
         shuffle=False,
     )
-    progress = Progress("images", len(paths))
-    pending_keys: list[str] = []
-    pending: list[np.ndarray] = []
-    start = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(device, autocast):
         for batch in loader:
             x = batch.to(device, non_blocking=True)
-            feats = F.normalize(loaded.model.encode_image(x).float(), dim=-1).cpu().numpy()
-            pending.append(feats)
-            pending_keys.extend(keys[start : start + len(feats)])
-            start += len(feats)
-            progress.update(len(feats))
-            if len(pending_keys) >= chunk_rows:
-                store.commit(pending_keys, np.concatenate(pending))
-                pending_keys, pending = [], []
-    if pending_keys:
-        store.commit(pending_keys, np.concatenate(pending))
+            writer.add(F.normalize(loaded.model.encode_image(x).float(), dim=-1).cpu().numpy())
+    writer.flush()
 
 
 def _embed_texts(
     loaded: models.Loaded,
     texts: list[str],
-    keys: list[str],
-    store: FeatureStore,
+    writer: _ChunkWriter,
     device: str,
     batch_size: int,
-    chunk_rows: int,
+    autocast: bool,
 ) -> None:
     import torch
     import torch.nn.functional as F
 
-    progress = Progress("captions", len(texts))
-    pending_keys: list[str] = []
-    pending: list[np.ndarray] = []
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(device, autocast):
         for start in range(0, len(texts), batch_size):
             tokens = loaded.tokenizer(texts[start : start + batch_size]).to(device)
-            feats = F.normalize(loaded.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
-            pending.append(feats)
-            pending_keys.extend(keys[start : start + len(feats)])
-            progress.update(len(feats))
-            if len(pending_keys) >= chunk_rows:
-                store.commit(pending_keys, np.concatenate(pending))
-                pending_keys, pending = [], []
-    if pending_keys:
-        store.commit(pending_keys, np.concatenate(pending))
+            writer.add(F.normalize(loaded.model.encode_text(tokens).float(), dim=-1).cpu().numpy())
+    writer.flush()
+
+
+def text_key(caption: str, prefix: str = "") -> str:
+    """Feature-store key of a caption as embedded (with the protocol's prefix, if any)."""
+    return cas.sha256_text(prefix + caption)
 
 
 @dataclass
@@ -162,19 +175,25 @@ def embed_split(
     workers: int = 2,
     device: str = "auto",
     chunk_rows: int = 2048,
+    text_prefix: str = "",
+    autocast: bool = False,
 ) -> EmbedResult:
-    """Write the image and text feature tables of one split, computing only what is missing."""
+    """Write the image and text feature tables of one split, computing only what is missing.
+
+    Texts are keyed by the sha256 of what is embedded (`text_prefix` + caption).
+    """
     t0 = time.monotonic()
     captions, manifest_meta = schemas.read_table(captions_path, schemas.CAPTIONS)
-    _, image_shas, text_shas, _ = evaluation_order(captions, split)
+    _, image_shas, _, _ = evaluation_order(captions, split)
     rows = [r for r in captions.to_pylist() if r["split"] == split]
     path_of = {r["image_sha256"]: images_root / r["image_path"] for r in rows}
-    text_of = {r["caption_sha256"]: r["caption"] for r in rows}
+    text_of = {text_key(r["caption"], text_prefix): text_prefix + r["caption"] for r in rows}
     image_keys = list(dict.fromkeys(image_shas))
-    text_keys = list(dict.fromkeys(text_shas))
+    text_keys = list(text_of)
 
-    spec = models.address_spec(model)
-    address = models.address(model)
+    precision = "amp" if autocast else "fp32"
+    spec = models.address_spec(model, precision=precision)
+    address = models.address(model, precision=precision)
     image_store = FeatureStore(cache_dir, address, "image")
     text_store = FeatureStore(cache_dir, address, "text")
     loaded: models.Loaded | None = None
@@ -193,26 +212,13 @@ def embed_split(
         computed[kind] += len(keys)
         net = ensure_model()
         if kind == "image":
+            writer = _ChunkWriter(image_store, keys, chunk_rows, "images")
             _embed_images(
-                net,
-                [path_of[k] for k in keys],
-                keys,
-                image_store,
-                used_device,
-                batch_size,
-                workers,
-                chunk_rows,
+                net, [path_of[k] for k in keys], writer, used_device, batch_size, workers, autocast
             )
         else:
-            _embed_texts(
-                net,
-                [text_of[k] for k in keys],
-                keys,
-                text_store,
-                used_device,
-                batch_size,
-                chunk_rows,
-            )
+            writer = _ChunkWriter(text_store, keys, chunk_rows, "captions")
+            _embed_texts(net, [text_of[k] for k in keys], writer, used_device, batch_size, autocast)
 
     out = {}
     for kind, store, keys in (("image", image_store, image_keys), ("text", text_store, text_keys)):
@@ -243,6 +249,7 @@ def embed_split(
         "model_spec": spec,
         "manifest_address": manifest_meta.get("address"),
         "split": split,
+        "text_prefix": text_prefix,
         **{k: v for k, v in result.__dict__.items() if k != "model_address"},
     }
     for kind, keys, path in (("image", image_keys, out_images), ("text", text_keys, out_texts)):

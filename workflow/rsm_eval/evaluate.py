@@ -14,9 +14,10 @@ import numpy as np
 import pyarrow as pa
 
 from . import cas, metrics, schemas
-from .embeddings import read_features
+from .embeddings import read_features, text_key
 from .errors import RsmEvalError
 from .manifests import evaluation_order
+from .protocols import parse_variant
 
 
 def _gather(keys: list[str], table_keys: list[str], feats: np.ndarray, path: Path) -> np.ndarray:
@@ -41,18 +42,44 @@ def evaluate(
     protocol: str,
     code: str,
 ) -> tuple[dict[str, Any], pa.Table]:
-    """Metrics record and per-query ranks table."""
+    """Metrics record and per-query ranks table; `protocol` is a variant such as
+    'remoteclip' or 'skyscript-autocast'."""
+    proto, autocast = parse_variant(protocol)
     captions, manifest_meta = schemas.read_table(captions_path, schemas.CAPTIONS)
     image_keys, image_shas, text_shas, text_image = evaluation_order(captions, split)
     img_keys, img_feats, img_meta = read_features(image_features)
     txt_keys, txt_feats, txt_meta = read_features(text_features)
     if img_meta.get("model_address") != txt_meta.get("model_address"):
         raise RsmEvalError(f"{image_features} and {text_features} come from different models")
+    if txt_meta.get("text_prefix", "") != proto.text_prefix:
+        raise RsmEvalError(
+            f"{text_features} was embedded with prefix {txt_meta.get('text_prefix')!r}, "
+            f"protocol {proto.name} needs {proto.text_prefix!r}"
+        )
     images = _gather(image_shas, img_keys, img_feats, image_features)
-    texts = _gather(text_shas, txt_keys, txt_feats, text_features)
-    if protocol != "remoteclip":
-        raise RsmEvalError(f"protocol {protocol!r} is not supported (expected 'remoteclip')")
-    result = metrics.remoteclip_retrieval(images, texts, np.asarray(text_image, dtype=np.int64))
+    split_rows = sorted(
+        (r for r in captions.to_pylist() if r["split"] == split),
+        key=lambda r: (r["image_key"], r["caption_index"]),
+    )
+    query_texts = [text_key(r["caption"], proto.text_prefix) for r in split_rows]
+    owner = np.asarray(text_image, dtype=np.int64)
+    if proto.dedup_captions:
+        # One query per distinct string, positive for every image that carries it.
+        unique = list(dict.fromkeys(query_texts))
+        index = {k: i for i, k in enumerate(unique)}
+        pairs = sorted({(index[k], int(i)) for k, i in zip(query_texts, owner, strict=True)})
+        texts = _gather(unique, txt_keys, txt_feats, text_features)
+        result = metrics.skyscript_retrieval(
+            images, texts, np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+        )
+        first_owner = {}
+        for k, i in zip(query_texts, owner, strict=True):
+            first_owner.setdefault(k, int(i))
+        text_group = np.array([first_owner[k] for k in unique], dtype=np.int64)
+    else:
+        texts = _gather(query_texts, txt_keys, txt_feats, text_features)
+        result = metrics.remoteclip_retrieval(images, texts, owner)
+        text_group = owner
     inputs = {
         "model_address": img_meta["model_address"],
         "model_spec": img_meta.get("model_spec"),
@@ -65,7 +92,9 @@ def evaluate(
         "model": model,
         "dataset": dataset,
         "split": split,
-        "protocol": protocol,
+        "protocol": proto.name,
+        "autocast": autocast,
+        "variant": protocol,
         "n_images": len(image_keys),
         "n_captions": len(text_shas),
         "n_distinct_captions": len(set(text_shas)),
@@ -73,6 +102,7 @@ def evaluate(
         "inputs": inputs,
         "code": code,
         "ties": "equal scores rank the item earlier in protocol order first (stable sort)",
+        "n_queries": {"i2t": len(result.i2t_ranks), "t2i": len(result.t2i_ranks)},
     }
     record["address"] = cas.digest(
         {"inputs": inputs, "protocol": protocol, "split": split, "code": code}
@@ -82,7 +112,7 @@ def evaluate(
         {
             "direction": ["i2t"] * n_img + ["t2i"] * n_txt,
             "query": np.concatenate([np.arange(n_img), np.arange(n_txt)]).astype(np.int64),
-            "group": np.concatenate([np.arange(n_img), np.asarray(text_image)]).astype(np.int64),
+            "group": np.concatenate([np.arange(n_img), text_group]).astype(np.int64),
             "rank": np.concatenate([result.i2t_ranks, result.t2i_ranks]).astype(np.int64),
         },
         schema=schemas.RANKS,

@@ -17,9 +17,9 @@ The score of a (query, item) pair is its dot product (cosine for L2-normalised f
 Ranks are 0-based: the rank of gallery item ``j`` for a query is
 ``#{items with a strictly greater score} + #{items with an equal score and a lower gallery
 index}``, i.e. its position in a stable descending sort. A query with several positives
-takes the minimum rank over them. (RemoteCLIP's ``argsort()[::-1]`` would put the higher
-index first among exactly tied items; that only matters for exact ties, e.g. duplicate
-captions, and we fix the lower-index-first rule.)
+takes the minimum rank over them. (RemoteCLIP's remoteclip_retrieval.py ranks with
+clip_benchmark's ``torch.topk``, whose order among exactly tied scores is unspecified; the
+rule only matters for exact ties, e.g. duplicate captions, and here it is fixed.)
 
 The compared score is the *canonical* score: the float64 sum of the exact float64 products
 of the float32 features, added in a fixed pairwise order. Float32 BLAS results change in
@@ -30,12 +30,13 @@ between a float32 dot product (any summation order) and the canonical score, ite
 float32 score is more than ``m`` above (below) the positive's canonical score are
 certainly ranked before (after) it, and only the few items inside that window get their
 canonical score computed. Ranks are therefore identical for every block size and equal
-to a dense stable sort of the canonical scores.
+to a dense stable sort of the canonical scores, which orders exactly like the true dot
+products unless two of them differ by less than about ``d * 2**-53``.
 
 Memory: queries are processed in blocks of rows whose float32 score block stays under
 ``block_bytes`` (at least one row per block); two boolean masks of a quarter of that size
-each and some candidate bookkeeping come on top, so peak extra memory is about
-``1.5 * block_bytes`` plus the float32 copies of the inputs if they were not float32.
+each come on top, so peak extra memory is about ``1.5 * block_bytes`` (under
+``2 * block_bytes`` even when every score ties), plus float32 copies of non-float32 inputs.
 """
 
 from __future__ import annotations
@@ -224,9 +225,9 @@ def _ranks_f32(
     scores_buf = np.empty((rows, ng), dtype=np.float32)
     above_buf = np.empty((rows, ng), dtype=bool)
     window_buf = np.empty((rows, ng), dtype=bool)
-    # Row groups for np.nonzero so that its index arrays stay within ~block_bytes / 2
-    # even when every item is in the window (degenerate, e.g. all-zero features).
-    group = max(1, rows // 8)
+    # Row groups for the window's candidates, so that their index and score arrays stay
+    # small even when every item is in the window (degenerate, e.g. all-zero features).
+    group = max(1, rows // 32)
     g_t = g.T
     for start in range(0, nq, rows):
         stop = min(nq, start + rows)
@@ -247,7 +248,7 @@ def _ranks_f32(
             # 1-D flatnonzero on the contiguous rows is far faster than 2-D nonzero.
             r, c = np.divmod(np.flatnonzero(window[g_start:g_stop].reshape(-1)), ng)
             r += start + g_start  # query index
-            cand = _canonical_dots(q, r, g, c, chunk_bytes=block_bytes)
+            cand = _canonical_dots(q, r, g, c, chunk_bytes=block_bytes // 4)
             ref_score = best_score[r]
             before = (cand > ref_score) | ((cand == ref_score) & (c < best_item[r]))
             block_ranks[g_start:g_stop] += np.bincount(

@@ -45,11 +45,13 @@ def is_config_path(arch: str) -> bool:
     return arch.endswith(".json")
 
 
-def address(model: Model) -> str:
-    return cas.digest(address_spec(model))
+def address(model: Model, weights_sha256: str | None = None, precision: str = "fp32") -> str:
+    return cas.digest(address_spec(model, weights_sha256, precision))
 
 
-def address_spec(model: Model) -> dict[str, Any]:
+def address_spec(
+    model: Model, weights_sha256: str | None = None, precision: str = "fp32"
+) -> dict[str, Any]:
     """What a model's content address is made of; cheap (no torch import).
 
     Made of: the architecture (a registered name, or the bytes of a model-config JSON), the
@@ -61,14 +63,17 @@ def address_spec(model: Model) -> dict[str, Any]:
         arch: Any = {"config_sha256": cas.file_sha256(model.arch)}
     else:
         arch = {"name": model.arch}
-    if model.weights is not None:
+    if model.weights is not None and weights_sha256 is not None:
+        # Not downloaded yet: addressed by its published or locked checksum.
+        weights: Any = {"sha256": weights_sha256}
+    elif model.weights is not None:
         path = Path(model.weights)
         if not path.is_file():
             raise RsmEvalError(
                 f"models.{model.name}.weights: checkpoint {path} not found; put the file there or "
                 "fix the path in config"
             )
-        weights: Any = {"sha256": cas.file_sha256(path)}
+        weights = {"sha256": cas.file_sha256(path)}
     elif model.pretrained is not None:
         weights = {"pretrained": model.pretrained}
     else:
@@ -78,7 +83,7 @@ def address_spec(model: Model) -> dict[str, Any]:
         "arch": arch,
         "force_quick_gelu": model.force_quick_gelu,
         "weights": weights,
-        "precision": "fp32",
+        "precision": precision,
         "open_clip": _version("open_clip_torch"),
         "torch": _version("torch"),
         "feature_version": FEATURE_VERSION,

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ shell.prefix(
 from rsm_eval import cas
 from rsm_eval import config as rsm_config
 from rsm_eval import models as rsm_models
+from rsm_eval import sources as rsm_sources
+from rsm_eval.protocols import parse_variant
 from rsm_eval.errors import RsmEvalError
 
 try:
@@ -31,7 +34,7 @@ NAME = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 wildcard_constraints:
     model=NAME,
     dataset=NAME,
-    protocol="remoteclip",
+    variant="(remoteclip|skyscript)(-autocast)?",
 
 
 # Products live under results/; anything else a rule reads is a source given by the user.
@@ -43,7 +46,9 @@ CODE = {
     "embed": cas.code_version(
         "rsm_eval.embeddings", "rsm_eval.models", "rsm_eval.featstore"
     ),
-    "evaluate": cas.code_version("rsm_eval.evaluate", "rsm_eval.metrics"),
+    "evaluate": cas.code_version(
+        "rsm_eval.evaluate", "rsm_eval.metrics", "rsm_eval.protocols"
+    ),
     "report": cas.code_version("rsm_eval.report"),
 }
 
@@ -52,21 +57,60 @@ def is_product(path):
     return Path(path).resolve().is_relative_to(RESULTS)
 
 
-def source(path, what):
-    """Input for a source file or directory.
+def source(path):
+    """Input for a file or directory the workflow reads.
 
-    A source is addressed by its content (memoised by stat), not its mtime: ancient() keeps a
-    touch from rerunning anything, and the content address, passed as a parameter, reruns
-    exactly what depends on changed bytes.
+    A user's file is addressed by its content (memoised by stat), not its mtime: ancient()
+    keeps a touch from rerunning anything, and the content address, passed as a parameter,
+    reruns exactly what depends on changed bytes. Products (fetched sources, the demo) are
+    tracked by Snakemake as usual.
     """
-    if is_product(path):
-        return path
-    if not os.path.exists(path):
-        raise WorkflowError(
-            f"{what}: {path} does not exist. Put the file there (see README, 'Data and "
-            "checkpoints') or change the path in your config."
-        )
-    return ancient(path)
+    return path if is_product(path) else ancient(path)
+
+
+def used_paths():
+    """(config key, local path) of every file the requested evaluations read."""
+    out = []
+    for name in sorted({e.dataset for e in CFG.evaluations}):
+        ds = CFG.datasets[name]
+        out += [(f"datasets.{name}.annotations", ds.annotations)]
+        out += [(f"datasets.{name}.images", ds.images)]
+    for name in sorted({e.model for e in CFG.evaluations}):
+        m = CFG.models[name]
+        if m.weights is not None:
+            out.append((f"models.{name}.weights", m.weights))
+        if rsm_models.is_config_path(m.arch):
+            out.append((f"models.{name}.arch", m.arch))
+    return out
+
+
+def check_manual_sources():
+    """Stop before any job with one message listing every missing file the user must provide."""
+    missing = []
+    for key, path in used_paths():
+        spec = CFG.sources.get(path)
+        if spec is not None and "url" in spec.entry:
+            continue  # a fetch job downloads it
+        src = spec.entry["path"] if spec is not None else path
+        if spec is None and is_product(path):
+            continue  # made by a rule (e.g. the demo)
+        if not os.path.exists(src):
+            origin = "a manual download" if spec is not None else "your own file"
+            instructions = spec.entry.get("instructions") if spec is not None else None
+            missing.append(
+                rsm_sources.MissingSource(
+                    key=key,
+                    origin=origin,
+                    put_at=Path(src).resolve(),
+                    instructions=instructions,
+                    reason="not found",
+                )
+            )
+    if missing:
+        raise WorkflowError(str(rsm_sources.MissingSourcesError(missing)))
+
+
+check_manual_sources()
 
 
 def source_address(path):
@@ -88,9 +132,22 @@ def model_json(name):
     )
 
 
+LOCK = rsm_sources.LockFile(Path(CFG.raw["sources_lock"]))
+
+
 def model_address(name):
+    """Content address of a model at DAG time (a fetched checkpoint not yet downloaded is
+    addressed by its published or locked sha256; 'pending' until either is known)."""
+    m = CFG.models[name]
+    known = None
+    spec = CFG.sources.get(m.weights) if m.weights else None
+    if spec is not None and not os.path.exists(m.weights):
+        known = spec.entry.get("sha256")
+        if known is None and "url" in spec.entry:
+            known = LOCK.expected(spec.key, spec.entry["url"])[0]
+        known = known or "pending"
     try:
-        return rsm_models.address(CFG.models[name])
+        return rsm_models.address(m, weights_sha256=known)
     except RsmEvalError as exc:
         raise WorkflowError(str(exc))
 
@@ -99,14 +156,35 @@ def model_inputs(name):
     m = CFG.models[name]
     files = {}
     if m.weights is not None:
-        files["weights"] = source(m.weights, f"models.{name}.weights")
+        files["weights"] = source(m.weights)
     if rsm_models.is_config_path(m.arch):
-        files["arch"] = source(m.arch, f"models.{name}.arch")
+        files["arch"] = source(m.arch)
     return files
 
 
+def fetch_constraint(is_dir):
+    """Regex matching exactly the fetched sources of one kind (file or directory)."""
+    paths = [
+        re.escape(d.removeprefix(f"{rsm_config.SOURCES_DIR}/"))
+        for d, s in CFG.sources.items()
+        if s.fetched and s.is_dir == is_dir
+    ]
+    return "|".join(paths) or "$^"
+
+
+def fetch_spec(wildcards):
+    spec = CFG.sources[f"{rsm_config.SOURCES_DIR}/{wildcards.source}"]
+    return json.dumps({"key": spec.key, **spec.entry}, sort_keys=True)
+
+
+def fetch_inputs(wildcards):
+    """A manual archive (path + member) is read from where the user put it."""
+    spec = CFG.sources[f"{rsm_config.SOURCES_DIR}/{wildcards.source}"]
+    return [ancient(spec.entry["path"])] if "path" in spec.entry else []
+
+
 METRICS_FILES = [
-    f"results/metrics/{e.model}/{e.dataset}/{e.protocol}.json" for e in CFG.evaluations
+    f"results/metrics/{e.model}/{e.dataset}/{e.variant}.json" for e in CFG.evaluations
 ]
 SUMMARY_FILES = sorted(
     {f"results/manifests/{e.dataset}/summary.json" for e in CFG.evaluations}

@@ -7,10 +7,10 @@ rule embed:
         unpack(lambda wc: model_inputs(wc.model)),
         captions="results/manifests/{dataset}/captions.parquet",
     output:
-        images="results/features/{model}/{dataset}/images.parquet",
-        texts="results/features/{model}/{dataset}/texts.parquet",
+        images="results/features/{model}/{dataset}/{variant}/images.parquet",
+        texts="results/features/{model}/{dataset}/{variant}/texts.parquet",
     log:
-        "results/logs/embed/{model}/{dataset}.log",
+        "results/logs/embed/{model}/{dataset}/{variant}.log",
     conda:
         "../../envs/torch.yaml"
     resources:
@@ -25,6 +25,8 @@ rule embed:
         workers=CFG.embed["workers"],
         device=CFG.embed["device"],
         chunk_rows=CFG.embed["chunk_rows"],
+        text_prefix=lambda wc: parse_variant(wc.variant)[0].text_prefix,
+        autocast=lambda wc: "--autocast" if parse_variant(wc.variant)[1] else "",
         code=CODE["embed"],
     shell:
         "python -m rsm_eval embed --model {params.model:q} --captions {input.captions:q}"
@@ -32,4 +34,5 @@ rule embed:
         " --out-images {output.images:q} --out-texts {output.texts:q}"
         " --cache-dir {params.cache_dir:q} --batch-size {params.batch_size}"
         " --workers {params.workers} --device {params.device}"
-        " --chunk-rows {params.chunk_rows} 2> {log:q}"
+        " --chunk-rows {params.chunk_rows} --text-prefix={params.text_prefix:q}"
+        " {params.autocast} 2> {log:q}"

@@ -4,13 +4,13 @@
 rule evaluate:
     input:
         captions="results/manifests/{dataset}/captions.parquet",
-        images="results/features/{model}/{dataset}/images.parquet",
-        texts="results/features/{model}/{dataset}/texts.parquet",
+        images="results/features/{model}/{dataset}/{variant}/images.parquet",
+        texts="results/features/{model}/{dataset}/{variant}/texts.parquet",
     output:
-        metrics="results/metrics/{model}/{dataset}/{protocol}.json",
-        ranks="results/metrics/{model}/{dataset}/{protocol}.ranks.parquet",
+        metrics="results/metrics/{model}/{dataset}/{variant}.json",
+        ranks="results/metrics/{model}/{dataset}/{variant}.ranks.parquet",
     log:
-        "results/logs/evaluate/{model}/{dataset}/{protocol}.log",
+        "results/logs/evaluate/{model}/{dataset}/{variant}.log",
     conda:
         "../../envs/data.yaml"
     params:
@@ -20,6 +20,6 @@ rule evaluate:
         "python -m rsm_eval evaluate --captions {input.captions:q}"
         " --image-features {input.images:q} --text-features {input.texts:q}"
         " --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
-        " --split {params.split:q} --protocol {wildcards.protocol:q}"
+        " --split {params.split:q} --protocol {wildcards.variant:q}"
         " --out-json {output.metrics:q} --out-ranks {output.ranks:q}"
         " --code {params.code} 2> {log:q}"

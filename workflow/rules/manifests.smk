@@ -3,12 +3,8 @@
 
 rule manifest:
     input:
-        annotations=lambda wc: source(
-            CFG.datasets[wc.dataset].annotations, f"datasets.{wc.dataset}.annotations"
-        ),
-        images=lambda wc: source(
-            CFG.datasets[wc.dataset].images, f"datasets.{wc.dataset}.images"
-        ),
+        annotations=lambda wc: source(CFG.datasets[wc.dataset].annotations),
+        images=lambda wc: source(CFG.datasets[wc.dataset].images),
     output:
         captions="results/manifests/{dataset}/captions.parquet",
         images="results/manifests/{dataset}/images.parquet",
