@@ -98,9 +98,7 @@ class SlurmCluster:
         self.keep_logs_in = keep_logs_in
         self.node = socket.gethostname().split(".")[0]
         self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.ports = {
-            name: free_port() for name in ("mysql", "slurmdbd", "slurmctld", "slurmd")
-        }
+        self.ports = {name: free_port() for name in ("mysql", "slurmdbd", "slurmctld", "slurmd")}
         self.etc = self.base / "etc"
         self.conf = self.etc / "slurm.conf"
         self.munge_socket = self.base / "munge" / "munge.sock"
@@ -118,9 +116,7 @@ class SlurmCluster:
         return env
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> str:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=self.env(), timeout=timeout
-        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env(), timeout=timeout)
         if check and proc.returncode != 0:
             raise ClusterError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr}")
         return proc.stdout
@@ -135,8 +131,7 @@ class SlurmCluster:
         self._start_munge()
         self._start_mariadb()
         self._spawn("slurmdbd", ["slurmdbd", "-D"])
-        self._wait(lambda: self.run("sacctmgr", "-n", "list", "cluster", check=False) != "",
-                   "slurmdbd", 30)  # fmt: skip
+        self._wait(self._dbd_up, "slurmdbd", 30)
         self.run("sacctmgr", "-i", "add", "cluster", CLUSTER)
         self.run("sacctmgr", "-i", "add", "account", ACCOUNT, "Description=rsm-eval tests",
                  "Organization=rsm-eval")  # fmt: skip
@@ -292,6 +287,12 @@ StorageLoc=slurm_acct_db
                 return
             time.sleep(0.2)
         raise ClusterError(f"timed out after {timeout} s waiting for {what}:\n{self.logs()}")
+
+    def _dbd_up(self) -> bool:
+        proc = subprocess.run(
+            ["sacctmgr", "-n", "list", "cluster"], capture_output=True, text=True, env=self.env()
+        )
+        return proc.returncode == 0 and "error" not in proc.stderr
 
     def _node_idle(self) -> bool:
         out = self.run("sinfo", "-h", "-N", "-o", "%t", check=False).split()

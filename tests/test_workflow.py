@@ -181,3 +181,55 @@ def test_content_addressing_contract(workdir):
     ref = reference_metrics(workdir, "ckpt-a")
     record = json.loads((workdir / "results/metrics/ckpt-a/demo/remoteclip.json").read_text())
     assert record["metrics"]["mean_recall"] == pytest.approx(ref["mean_recall"])
+
+
+def test_seed_command_line_gives_the_workflow_numbers(workdir, tmp_path):
+    """`rsm-eval retrieve` with RET3_RetrieveTest.py's flags: same metrics as the workflow,
+    the seed's metric names, and embeddings saved in evaluation order."""
+    npz = tmp_path / "emb.npz"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rsm_eval",
+            "retrieve",
+            "--model-name",
+            str(TINY_ARCH),
+            "--retrieval-images-dir",
+            str(workdir / "results/demo/data/images"),
+            "--retrieval-json-dir",
+            str(workdir / "results/demo/data"),
+            "--RSM_CLIP_path",
+            str(workdir / "ckpts/b.pt"),
+            "--batch-size",
+            "16",
+            "--workers",
+            "0",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--save-embeddings",
+            str(npz),
+        ],
+        capture_output=True,
+        text=True,
+        env=snakemake_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed = dict(line.split(": ") for line in proc.stdout.strip().splitlines())
+    record = json.loads((workdir / "results/metrics/ckpt-b/demo/remoteclip.json").read_text())
+    names = {
+        "i2t_r1": "retrieval-image2text-R@1",
+        "t2i_r10": "retrieval-text2image-R@10",
+        "mean_recall": "retrieval-mean-recall",
+    }
+    for key, name in names.items():
+        assert float(printed[name]) == pytest.approx(round(record["metrics"][key], 2))
+    assert len(printed) == 7
+    emb = np.load(npz)
+    assert emb["image"].shape == (30, 64) and emb["text"].shape == (150, 64)
+    assert emb["image"].dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb["text"], axis=1), 1, atol=1e-5)
+    # Same order as the protocol: recomputing the metric from the saved arrays agrees.
+    owner = np.repeat(np.arange(30), 5)
+    top1 = np.argmax(emb["text"] @ emb["image"].T, axis=1)
+    assert 100 * np.mean(top1 == owner) == pytest.approx(record["metrics"]["t2i_r1"])

@@ -105,8 +105,116 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     records = report.load_records([Path(p) for p in args.metrics])
     summaries = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.summaries]
-    paths = report.render(records, summaries, Path(args.out_dir), Path(args.workflow_root))
+    paths = report.render(
+        records,
+        summaries,
+        Path(args.out_dir),
+        Path(args.workflow_root),
+        published_keys=args.published_keys,
+        tolerance=args.tolerance,
+    )
     print(f"report: {paths['html']}", file=sys.stderr)
+
+
+SEED_METRIC_NAMES = {
+    "i2t_r1": "retrieval-image2text-R@1",
+    "i2t_r5": "retrieval-image2text-R@5",
+    "i2t_r10": "retrieval-image2text-R@10",
+    "t2i_r1": "retrieval-text2image-R@1",
+    "t2i_r5": "retrieval-text2image-R@5",
+    "t2i_r10": "retrieval-text2image-R@10",
+    "mean_recall": "retrieval-mean-recall",
+}
+
+
+def _karpathy_json(path: Path) -> Path:
+    """The seed's --retrieval-json-dir names the JSON file; accept its directory too."""
+    if path.is_dir():
+        found = sorted(path.glob("dataset*.json")) or sorted(path.glob("*.json"))
+        if len(found) != 1:
+            raise RsmEvalError(
+                f"{path}: expected one Karpathy JSON in the directory, found "
+                f"{[p.name for p in found]}"
+            )
+        return found[0]
+    return path
+
+
+def cmd_retrieve(args: argparse.Namespace) -> None:
+    """The seed script's command line (RET3_RetrieveTest.py), on the workflow's own code."""
+    import tempfile
+
+    import numpy as np
+
+    from . import evaluate, manifests, schemas
+    from .embeddings import embed_split, read_features
+
+    if args.RSM_CLIP_path:
+        weights = {"weights": args.RSM_CLIP_path}
+    elif args.pretrained:
+        weights = {"pretrained": args.pretrained}
+    else:
+        raise RsmEvalError("give --RSM_CLIP_path (a checkpoint) or --pretrained (a tag)")
+    model = Model(
+        name="retrieve", arch=args.model_name, force_quick_gelu=args.quick_gelu, **weights
+    )
+    images_root = Path(args.retrieval_images_dir)
+    dataset = Dataset(
+        name="retrieval",
+        format="karpathy-json",
+        annotations=str(_karpathy_json(Path(args.retrieval_json_dir))),
+        images=str(images_root),
+        split=args.split,
+    )
+    with tempfile.TemporaryDirectory(prefix="rsm-eval-retrieve-") as tmp:
+        t = Path(tmp)
+        manifests.write(
+            dataset,
+            t / "captions.parquet",
+            t / "images.parquet",
+            t / "summary.json",
+            code=cas.code_version("rsm_eval.manifests", "rsm_eval.schemas"),
+        )
+        embed_split(
+            model,
+            t / "captions.parquet",
+            images_root,
+            args.split,
+            t / "img.parquet",
+            t / "txt.parquet",
+            cache_dir=Path(args.cache_dir),
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+        )
+        record, _ = evaluate.evaluate(
+            t / "captions.parquet",
+            t / "img.parquet",
+            t / "txt.parquet",
+            model="retrieve",
+            dataset="retrieval",
+            split=args.split,
+            protocol="remoteclip",
+            code="",
+        )
+        if args.save_embeddings:
+            captions, _ = schemas.read_table(t / "captions.parquet")
+            _, image_shas, text_shas, _ = manifests.evaluation_order(captions, args.split)
+            out = {}
+            for name, path, keys in (
+                ("image", t / "img.parquet", image_shas),
+                ("text", t / "txt.parquet", text_shas),
+            ):
+                table_keys, feats, _ = read_features(path)
+                pos = {k: i for i, k in enumerate(table_keys)}
+                out[name] = feats[[pos[k] for k in keys]].astype(np.float32)
+            with (
+                cas.atomic_path(args.save_embeddings, suffix=".npz") as tmp_npz,
+                open(tmp_npz, "wb") as fh,
+            ):
+                np.savez(fh, **out)
+    for key, name in SEED_METRIC_NAMES.items():
+        print(f"{name}: {record['metrics'][key]:.2f}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,11 +274,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--code", default="")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser(
+        "retrieve",
+        help="the seed's RET3_RetrieveTest.py command line, on the workflow's code",
+        description="Accepts the flags of RSM-CLIP's RET3_RetrieveTest.py and prints the same "
+        "metric names. Models are built with QuickGELU by default (what the released "
+        "checkpoints were trained with); CPU or GPU.",
+    )
+    p.add_argument(
+        "--model-name", default="ViT-B-32", help="open_clip architecture name or model-config .json"
+    )
+    p.add_argument("--retrieval-images-dir", required=True)
+    p.add_argument(
+        "--retrieval-json-dir", required=True, help="Karpathy JSON (or a directory holding one)"
+    )
+    p.add_argument("--RSM_CLIP_path", default=None, help="checkpoint to evaluate")
+    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag instead")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--quick-gelu",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="QuickGELU activation (default on: the checkpoints were trained with it)",
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--split", default="test")
+    p.add_argument("--cache-dir", default="results/cache")
+    p.add_argument(
+        "--save-embeddings",
+        default=None,
+        metavar="FILE.npz",
+        help="write L2-normalised float32 'image' and 'text' arrays in evaluation order",
+    )
+    p.set_defaults(func=cmd_retrieve)
+
     p = sub.add_parser("report", help="CSV, Markdown and HTML report")
     p.add_argument("--metrics", nargs="+", required=True)
     p.add_argument("--summaries", nargs="*", default=[])
     p.add_argument("--out-dir", required=True)
     p.add_argument("--workflow-root", default=".")
+    p.add_argument(
+        "--published-keys",
+        type=_json_arg,
+        default={},
+        help='{"models": {name: {model, backbone, regime}}, "datasets": {name: key}}',
+    )
+    p.add_argument("--tolerance", type=float, default=1.0)
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -13,6 +13,7 @@ import html
 import io
 import json
 import subprocess
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -204,12 +205,168 @@ def _svg_chart(table: list[dict[str, Any]]) -> str:
 
 
 PROTOCOL_NOTE = (
-    "Protocol: RemoteCLIP's retrieval.py as used for RSM-CLIP (test split; images ordered by "
-    "file name; each caption has exactly one positive, its own image; image-to-text R@k is "
-    "averaged over images, text-to-image over captions; mean recall = mean of the six; "
-    "percent, 2 decimals). fp32, no autocast. Ties: equal scores rank the item earlier in "
-    "protocol order first."
+    "Protocol (remoteclip rows): RemoteCLIP's retrieval.py as used for RSM-CLIP (test split; "
+    "images ordered by file name; each caption has exactly one positive, its own image; "
+    "image-to-text R@k is averaged over images, text-to-image over captions; mean recall = "
+    "mean of the six; percent, 2 decimals), fp32 without autocast. skyscript rows use "
+    "SkyScript's protocol (de-duplicated captions prefixed 'a satellite image. ', every image "
+    "carrying a caption's exact string is a positive) and are not comparable with published "
+    "tables. Ties: equal scores rank the item earlier in protocol order first."
 )
+PUBLISHED_PATH = Path(__file__).resolve().parent / "data" / "published.csv"
+
+
+@dataclass
+class Section:
+    """One part of the report, rendered for Markdown and for HTML."""
+
+    title: str
+    md: str
+    html: str
+
+
+def table_section(
+    title: str, header: list[str], body: list[list[Any]], note: str = "", extra_html: str = ""
+) -> Section:
+    """A table in both renderings; every cell is escaped in HTML."""
+    esc = html.escape
+    th = "".join(f"<th>{esc(str(h))}</th>" for h in header)
+    trs = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in body)
+    md = (note + "\n\n" if note else "") + _md_table(header, body)
+    page = (f"<p>{esc(note)}</p>" if note else "") + f"<table><tr>{th}</tr>{trs}</table>"
+    return Section(title, md, page + extra_html)
+
+
+def load_published(path: Path = PUBLISHED_PATH) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        rows_ = list(csv.DictReader(fh))
+    for r in rows_:
+        for m in METRICS:
+            r[m] = float(r[m]) if r[m] else None
+    return rows_
+
+
+def published_comparison(
+    table: list[dict[str, Any]], keys: dict[str, Any], tolerance: float
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Reproduced rows beside the published ones for the same model, backbone, regime,
+    dataset and protocol; Table 1 (zero-shot) and Table 2 (RET-3) rows are never mixed.
+
+    Returns the compared rows and the (model, dataset) pairs with no published row.
+    """
+    published = load_published()
+    models = keys.get("models", {})
+    datasets = keys.get("datasets", {})
+    compared, unmatched = [], []
+    for row in table:
+        key = models.get(row["model"])
+        ds = datasets.get(row["dataset"], row["dataset"])
+        hits = [
+            p
+            for p in published
+            if key
+            and p["model"] == key["model"]
+            and p["backbone"] == key["backbone"]
+            and p["regime"] == key["regime"]
+            and p["dataset"] == ds
+            and p["protocol"] == row["protocol"]
+        ]
+        if not hits:
+            unmatched.append(f"{row['model']} / {row['dataset']} ({row['protocol']})")
+            continue
+        for pub in hits:
+            diffs = {m: round(row[m] - pub[m], 2) for m in METRICS if pub[m] is not None}
+            compared.append(
+                {
+                    "model": row["model"],
+                    "dataset": row["dataset"],
+                    "published_as": f"{pub['model']} {pub['backbone']} ({pub['regime']})",
+                    "source": pub["source"],
+                    "ours": {m: row[m] for m in diffs},
+                    "published": {m: pub[m] for m in diffs},
+                    "diff": diffs,
+                    "flagged": sorted(m for m, d in diffs.items() if abs(d) > tolerance),
+                }
+            )
+    return compared, unmatched
+
+
+def _published_section(compared, unmatched, tolerance: float) -> Section:
+    header = ["model", "dataset", "published as", "metric", "ours", "published", "diff", ""]
+    body = []
+    for c in compared:
+        for m in c["diff"]:
+            flag = f"> {tolerance:g}" if m in c["flagged"] else ""
+            body.append(
+                [
+                    c["model"],
+                    c["dataset"],
+                    c["published_as"],
+                    m,
+                    f"{c['ours'][m]:.2f}",
+                    f"{c['published'][m]:.2f}",
+                    f"{c['diff'][m]:+.2f}",
+                    flag,
+                ]
+            )
+    note = (
+        f"Differences larger than {tolerance:g} points are flagged "
+        "(published_tolerance in config). Sources: RSM-CLIP (ICONIP 2024) Tables 1-2, "
+        "RemoteCLIP and GeoRSCLIP papers (workflow/rsm_eval/data/published.csv)."
+    )
+    if unmatched:
+        note += " No published row for: " + "; ".join(unmatched) + "."
+    if not compared:
+        return Section("Published versus reproduced", note, f"<p>{html.escape(note)}</p>")
+    return table_section("Published versus reproduced", header, body, note)
+
+
+def _dataset_section(summaries: list[dict[str, Any]]) -> Section:
+    header = ["dataset", "split", "images", "captions", "distinct captions"]
+    body = [
+        [s["dataset"], split, c["images"], c["captions"], c["distinct_captions"]]
+        for s in summaries
+        for split, c in s["counts"].items()
+    ]
+    quirks = "; ".join(
+        f"{s['dataset']}: " + ", ".join(f"{k} = {v}" for k, v in s["quirks"].items())
+        for s in summaries
+        if s.get("quirks")
+    )
+    note = "Validation: every referenced image exists and decodes; counts per split below."
+    if quirks:
+        note += f" Quirks counted (not fatal): {quirks}."
+    return table_section("Datasets", header, body, note)
+
+
+def _provenance_section(prov: dict[str, Any]) -> Section:
+    header = [
+        "model",
+        "dataset",
+        "row address",
+        "weights",
+        "manifest sha256",
+        "image features sha256",
+        "text features sha256",
+    ]
+    body = [
+        [
+            e["model"],
+            e["dataset"],
+            e["row_address"],
+            json.dumps(e["weights"], sort_keys=True),
+            e["manifest_sha256"],
+            e["image_features_sha256"],
+            e["text_features_sha256"],
+        ]
+        for e in prov["rows"]
+    ]
+    note = (
+        f"git commit: {prov['git_commit']}. Packages: "
+        + ", ".join(f"{k} {v}" for k, v in prov["packages"].items())
+        + "."
+    )
+    return table_section("Provenance", header, body, note)
 
 
 def render(
@@ -217,117 +374,38 @@ def render(
     summaries: list[dict[str, Any]],
     out_dir: Path,
     workflow_root: Path,
+    published_keys: dict[str, Any] | None = None,
+    tolerance: float = 1.0,
+    extra_sections: list[Section] | None = None,
 ) -> dict[str, Path]:
     table = rows(records)
     prov = provenance(records, summaries, workflow_root)
+    compared, unmatched = published_comparison(table, published_keys or {}, tolerance)
     header = list(CSV_COLUMNS) + ["protocol"]
     body = [[r[k] if k not in METRICS else f"{r[k]:.2f}" for k in header] for r in table]
-
-    md = [
-        "# RSM-Eval retrieval report",
-        "",
-        PROTOCOL_NOTE,
-        "",
-        "## Retrieval",
-        "",
-        _md_table(header, body),
-        "",
-        "## Datasets",
-        "",
-    ]
-    for s in summaries:
-        md.append(
-            f"- **{s['dataset']}**: "
-            + ", ".join(
-                f"{split}: {c['images']} images, {c['captions']} captions "
-                f"({c['distinct_captions']} distinct)"
-                for split, c in s["counts"].items()
-            )
-        )
-        if s.get("quirks"):
-            md.append("  quirks: " + ", ".join(f"{k} = {v}" for k, v in s["quirks"].items()))
-    md += [
-        "",
-        "## Provenance",
-        "",
-        f"git commit: `{prov['git_commit']}`",
-        "",
-        _md_table(
-            [
-                "model",
-                "dataset",
-                "row address",
-                "weights",
-                "manifest sha256",
-                "image features sha256",
-                "text features sha256",
-            ],
-            [
-                [
-                    e["model"],
-                    e["dataset"],
-                    f"`{e['row_address'][:16]}`",
-                    f"`{json.dumps(e['weights'], sort_keys=True)}`",
-                    f"`{(e['manifest_sha256'] or '')[:16]}`",
-                    f"`{e['image_features_sha256'][:16]}`",
-                    f"`{e['text_features_sha256'][:16]}`",
-                ]
-                for e in prov["rows"]
-            ],
+    sections = [
+        table_section(
+            "Retrieval",
+            header,
+            body,
+            PROTOCOL_NOTE,
+            extra_html="<h3>Recall@k</h3>" + _svg_chart(table),
         ),
-        "",
-        "Packages: " + ", ".join(f"{k} {v}" for k, v in prov["packages"].items()),
-        "",
+        _published_section(compared, unmatched, tolerance),
+        _dataset_section(summaries),
+        *(extra_sections or []),
+        _provenance_section(prov),
     ]
-
-    esc = html.escape
-    th = "".join(f"<th>{esc(h)}</th>" for h in header)
-    trs = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in body)
-    prov_rows = "".join(
-        "<tr>"
-        + "".join(
-            f"<td><code>{esc(str(c))}</code></td>"
-            for c in (
-                e["model"],
-                e["dataset"],
-                e["row_address"],
-                json.dumps(e["weights"], sort_keys=True),
-                e["manifest_sha256"],
-                e["image_features_sha256"],
-                e["text_features_sha256"],
-            )
-        )
-        + "</tr>"
-        for e in prov["rows"]
+    md = "\n".join(
+        ["# RSM-Eval retrieval report", ""] + [f"## {s.title}\n\n{s.md}\n" for s in sections]
     )
-    ds = "".join(
-        f"<li><b>{esc(s['dataset'])}</b>: "
-        + esc(
-            ", ".join(
-                f"{split}: {c['images']} images, {c['captions']} captions "
-                f"({c['distinct_captions']} distinct)"
-                for split, c in s["counts"].items()
-            )
-        )
-        + (f"<br>quirks: {esc(json.dumps(s['quirks']))}" if s.get("quirks") else "")
-        + "</li>"
-        for s in summaries
-    )
+    body_html = "".join(f"<h2>{html.escape(s.title)}</h2>{s.html}" for s in sections)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>RSM-Eval retrieval report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}}
-code{{font-size:11px}}</style></head><body>
-<h1>RSM-Eval retrieval report</h1><p>{esc(PROTOCOL_NOTE)}</p>
-<h2>Retrieval</h2><table><tr>{th}</tr>{trs}</table>
-<h2>Recall@k</h2>{_svg_chart(table)}
-<h2>Datasets</h2><ul>{ds}</ul>
-<h2>Provenance</h2><p>git commit: <code>{esc(prov["git_commit"])}</code></p>
-<table><tr><th>model</th><th>dataset</th><th>row address</th><th>weights</th>
-<th>manifest sha256</th><th>image features sha256</th><th>text features sha256</th></tr>
-{prov_rows}</table>
-<p>Packages: {esc(", ".join(f"{k} {v}" for k, v in prov["packages"].items()))}</p>
-</body></html>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px;word-break:break-all}}</style>
+</head><body><h1>RSM-Eval retrieval report</h1>{body_html}</body></html>
 """
     out_dir = Path(out_dir)
     paths = {
@@ -336,8 +414,9 @@ code{{font-size:11px}}</style></head><body>
         "html": out_dir / "report.html",
         "provenance": out_dir / "provenance.json",
     }
+    prov["published_comparison"] = compared
     cas.write_text_atomic(paths["csv"], to_csv(table))
-    cas.write_text_atomic(paths["md"], "\n".join(md))
+    cas.write_text_atomic(paths["md"], md)
     cas.write_text_atomic(paths["html"], page)
     cas.write_json_atomic(paths["provenance"], prov)
     return paths

@@ -183,6 +183,17 @@ def fetch_inputs(wildcards):
     return [ancient(spec.entry["path"])] if "path" in spec.entry else []
 
 
+def published_keys():
+    """Which published rows each model and dataset is compared with (see report)."""
+    return json.dumps(
+        {
+            "models": {n: m.published for n, m in CFG.models.items() if m.published},
+            "datasets": {n: d.published for n, d in CFG.datasets.items()},
+        },
+        sort_keys=True,
+    )
+
+
 METRICS_FILES = [
     f"results/metrics/{e.model}/{e.dataset}/{e.variant}.json" for e in CFG.evaluations
 ]

@@ -24,8 +24,11 @@ rule report:
         "../../envs/data.yaml"
     params:
         root=workflow.basedir,
+        published=published_keys(),
+        tolerance=CFG.raw["published_tolerance"],
         code=CODE["report"],
     shell:
         "python -m rsm_eval report --metrics {input.metrics:q}"
         " --summaries {input.summaries:q} --out-dir results/report"
-        " --workflow-root {params.root:q} 2> {log:q}"
+        " --workflow-root {params.root:q} --published-keys {params.published:q}"
+        " --tolerance {params.tolerance} 2> {log:q}"
