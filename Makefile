@@ -28,6 +28,9 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
+bench: $(STAMP)
+	PATH="$(BIN):$$PATH" $(BIN)/python benchmarks/run.py
+
 format: $(STAMP)
 	$(BIN)/ruff format workflow tests benchmarks
 	$(BIN)/ruff check --fix workflow tests benchmarks

@@ -96,8 +96,29 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         split=args.split,
         protocol=args.protocol,
         code=args.code,
+        n_resamples=args.n_resamples,
+        seed=args.seed,
+        level=args.level,
     )
     print(json.dumps(record["metrics"], indent=1), file=sys.stderr)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from . import stats
+
+    records = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.metrics]
+    ranks = [Path(p).with_suffix("").with_suffix(".ranks.parquet") for p in args.metrics]
+    pairs = stats.compare_models(
+        records, ranks, n_resamples=args.n_resamples, seed=args.seed, level=args.level
+    )
+    cas.write_json_atomic(args.out, {"paired": pairs})
+    print(f"{len(pairs)} paired comparisons", file=sys.stderr)
+
+
+def _add_bootstrap_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-resamples", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--level", type=float, default=0.95)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -105,6 +126,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     records = report.load_records([Path(p) for p in args.metrics])
     summaries = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.summaries]
+    paired = json.loads(Path(args.paired).read_text())["paired"] if args.paired else []
     paths = report.render(
         records,
         summaries,
@@ -112,6 +134,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         Path(args.workflow_root),
         published_keys=args.published_keys,
         tolerance=args.tolerance,
+        paired=paired,
     )
     print(f"report: {paths['html']}", file=sys.stderr)
 
@@ -272,7 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-ranks", required=True)
     p.add_argument("--code", default="")
+    _add_bootstrap_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="paired bootstrap between models on the same split")
+    p.add_argument("--metrics", nargs="+", required=True, help="evaluate stage records")
+    p.add_argument("--out", required=True)
+    _add_bootstrap_args(p)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
         "retrieve",
@@ -321,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='{"models": {name: {model, backbone, regime}}, "datasets": {name: key}}',
     )
     p.add_argument("--tolerance", type=float, default=1.0)
+    p.add_argument("--paired", default=None, help="compare stage output")
     p.set_defaults(func=cmd_report)
     return parser
 

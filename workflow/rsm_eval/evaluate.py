@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import cas, metrics, schemas
+from . import cas, metrics, schemas, stats
 from .embeddings import read_features, text_key
 from .errors import RsmEvalError
 from .manifests import evaluation_order
@@ -41,6 +41,9 @@ def evaluate(
     split: str,
     protocol: str,
     code: str,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> tuple[dict[str, Any], pa.Table]:
     """Metrics record and per-query ranks table; `protocol` is a variant such as
     'remoteclip' or 'skyscript-autocast'."""
@@ -80,6 +83,29 @@ def evaluate(
         texts = _gather(query_texts, txt_keys, txt_feats, text_features)
         result = metrics.remoteclip_retrieval(images, texts, owner)
         text_group = owner
+    uncertainty: dict[str, Any] = {}
+    if not proto.dedup_captions:
+        # Images resampled with their captions; the published protocol's queries only.
+        ci = stats.bootstrap_ci(
+            result.i2t_ranks,
+            result.t2i_ranks,
+            owner,
+            n_resamples=n_resamples,
+            seed=seed,
+            level=level,
+        )
+        uncertainty = {
+            "ci": {k: [float(lo), float(hi)] for k, (lo, hi) in ci.items()},
+            "ci_level": level,
+            "n_resamples": n_resamples,
+            "seed": seed,
+            "ceilings": {
+                k: float(v)
+                for k, v in stats.retrieval_ceilings(
+                    [r["caption"] for r in split_rows], owner, image_content=image_shas
+                ).items()
+            },
+        }
     inputs = {
         "model_address": img_meta["model_address"],
         "model_spec": img_meta.get("model_spec"),
@@ -103,9 +129,16 @@ def evaluate(
         "code": code,
         "ties": "equal scores rank the item earlier in protocol order first (stable sort)",
         "n_queries": {"i2t": len(result.i2t_ranks), "t2i": len(result.t2i_ranks)},
+        **uncertainty,
     }
     record["address"] = cas.digest(
-        {"inputs": inputs, "protocol": protocol, "split": split, "code": code}
+        {
+            "inputs": inputs,
+            "protocol": protocol,
+            "split": split,
+            "code": code,
+            "bootstrap": [n_resamples, seed, level],
+        }
     )
     n_img, n_txt = len(result.i2t_ranks), len(result.t2i_ranks)
     ranks = pa.table(

@@ -36,8 +36,16 @@ CSV_COLUMNS = (
     "t2i_r10",
     "mean_recall",
 )
-EXTRA_COLUMNS = ("protocol", "n_distinct_captions", "address", "model_address", "manifest_address")
 METRICS = CSV_COLUMNS[5:]
+CI_COLUMNS = tuple(f"{m}_ci_{end}" for m in METRICS for end in ("low", "high"))
+EXTRA_COLUMNS = (
+    "protocol",
+    "n_distinct_captions",
+    *CI_COLUMNS,
+    "address",
+    "model_address",
+    "manifest_address",
+)
 PACKAGES = (
     "rsm-eval",
     "snakemake",
@@ -71,6 +79,11 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         row = {k: r.get(k) for k in CSV_COLUMNS[:5]}
         row.update({k: round(r["metrics"][k], 2) for k in METRICS})
+        ci = r.get("ci", {})
+        for m in METRICS:
+            low, high = ci.get(m, (None, None))
+            row[f"{m}_ci_low"] = None if low is None else round(low, 2)
+            row[f"{m}_ci_high"] = None if high is None else round(high, 2)
         row.update(
             protocol=r.get("protocol", "remoteclip"),
             n_distinct_captions=r.get("n_distinct_captions"),
@@ -87,7 +100,12 @@ def to_csv(table: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS + EXTRA_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in table:
-        writer.writerow({k: (f"{v:.2f}" if k in METRICS else v) for k, v in row.items()})
+        writer.writerow(
+            {
+                k: (f"{v:.2f}" if k in METRICS + CI_COLUMNS and v is not None else v)
+                for k, v in row.items()
+            }
+        )
     return buf.getvalue()
 
 
@@ -339,6 +357,85 @@ def _dataset_section(summaries: list[dict[str, Any]]) -> Section:
     return table_section("Datasets", header, body, note)
 
 
+def _statistics_section(records: list[dict[str, Any]], paired: list[dict[str, Any]]) -> Section:
+    parts_md, parts_html = [], []
+    with_ci = [r for r in records if r.get("ci")]
+    if with_ci:
+        level = with_ci[0].get("ci_level", 0.95)
+        header = ["model", "dataset", "i2t_r1", "t2i_r1", "mean_recall"]
+        body = [
+            [r["model"], r["dataset"]]
+            + [
+                f"{r['metrics'][m]:.2f} [{r['ci'][m][0]:.2f}, {r['ci'][m][1]:.2f}]"
+                for m in header[2:]
+            ]
+            for r in with_ci
+        ]
+        note = (
+            f"{level:.0%} bootstrap intervals ({with_ci[0].get('n_resamples')} resamples of "
+            "test images, each with its captions; seed in config). All metrics' intervals "
+            "are in retrieval.csv."
+        )
+        t = table_section("", header, body, note)
+        parts_md.append(t.md)
+        parts_html.append(t.html)
+        ceil = {}
+        for r in with_ci:
+            ceil.setdefault(r["dataset"], r.get("ceilings", {}))
+        header = ["dataset", "best reachable t2i_r1", "best reachable i2t_r1"]
+        body = [
+            [d, f"{c.get('t2i_r1', 100):.2f}", f"{c.get('i2t_r1', 100):.2f}"]
+            for d, c in sorted(ceil.items())
+        ]
+        t = table_section(
+            "",
+            header,
+            body,
+            "Caption-duplication ceiling: the best R@1 any "
+            "model can reach when identical captions (or identical images) "
+            "belong to different test images, under the protocol's tie rule.",
+        )
+        parts_md.append(t.md)
+        parts_html.append(t.html)
+    if paired:
+        header = [
+            "dataset",
+            "model A",
+            "model B",
+            "metric",
+            "A - B",
+            "interval",
+            "p",
+            "larger than the noise?",
+        ]
+        body = [
+            [
+                p["dataset"],
+                p["a"],
+                p["b"],
+                p["metric"],
+                f"{p['diff']:+.2f}",
+                f"[{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}]",
+                f"{p['p_value']:.3f}",
+                "yes" if p["ci"][0] > 0 or p["ci"][1] < 0 else "no",
+            ]
+            for p in paired
+        ]
+        t = table_section(
+            "",
+            header,
+            body,
+            "Paired bootstrap (the same image resamples for "
+            "both models): a difference is larger than the noise when its "
+            "interval excludes 0.",
+        )
+        parts_md.append(t.md)
+        parts_html.append(t.html)
+    if not parts_md:
+        return Section("Statistics", "No published-protocol rows.", "<p>No rows.</p>")
+    return Section("Statistics", "\n\n".join(parts_md), "".join(parts_html))
+
+
 def _provenance_section(prov: dict[str, Any]) -> Section:
     header = [
         "model",
@@ -377,6 +474,7 @@ def render(
     published_keys: dict[str, Any] | None = None,
     tolerance: float = 1.0,
     extra_sections: list[Section] | None = None,
+    paired: list[dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
     table = rows(records)
     prov = provenance(records, summaries, workflow_root)
@@ -392,6 +490,7 @@ def render(
             extra_html="<h3>Recall@k</h3>" + _svg_chart(table),
         ),
         _published_section(compared, unmatched, tolerance),
+        _statistics_section(records, paired or []),
         _dataset_section(summaries),
         *(extra_sections or []),
         _provenance_section(prov),

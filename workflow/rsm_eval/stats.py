@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -400,3 +401,64 @@ def caption_duplication_ceiling(
     image index. See :func:`retrieval_ceilings` (its ``t2i_r1``) for the derivation.
     """
     return retrieval_ceilings(captions, text_image, image_content=image_content)["t2i_r1"]
+
+
+def compare_models(
+    records: list[dict],
+    ranks_paths: list[Path],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    metric: str = "mean_recall",
+) -> list[dict]:
+    """Paired bootstrap of every pair of models evaluated on the same dataset and split.
+
+    `records` are the evaluate stage's metric records and `ranks_paths` their ranks tables,
+    in the same order. Only published-protocol (remoteclip, fp32) rows are compared.
+    """
+    from . import schemas
+
+    groups: dict[tuple[str, str], list[tuple[str, tuple]]] = {}
+    for rec, path in zip(records, ranks_paths, strict=True):
+        if rec.get("protocol") != "remoteclip" or rec.get("autocast"):
+            continue
+        table, _ = schemas.read_table(path, schemas.RANKS)
+        groups.setdefault((rec["dataset"], rec["split"]), []).append(
+            (rec["model"], ranks_from_table(table, str(path)))
+        )
+    out = []
+    for (dataset, split), models in sorted(groups.items()):
+        models.sort(key=lambda m: m[0])
+        for i, (name_a, (a_i2t, a_t2i, owner)) in enumerate(models):
+            for name_b, (b_i2t, b_t2i, owner_b) in models[i + 1 :]:
+                if not np.array_equal(owner, owner_b):
+                    raise RsmEvalError(
+                        f"{dataset}/{split}: {name_a} and {name_b} were scored on different "
+                        "caption sets; rerun evaluate"
+                    )
+                res = paired_bootstrap(
+                    (a_i2t, a_t2i),
+                    (b_i2t, b_t2i),
+                    owner,
+                    metric=metric,
+                    n_resamples=n_resamples,
+                    seed=seed,
+                    level=level,
+                )
+                out.append(
+                    {
+                        "dataset": dataset,
+                        "split": split,
+                        "a": name_a,
+                        "b": name_b,
+                        "metric": metric,
+                        "diff": float(res["diff"]),
+                        "ci": [float(x) for x in res["ci"]],
+                        "p_value": float(res["p_value"]),
+                        "n_resamples": n_resamples,
+                        "seed": seed,
+                        "level": level,
+                    }
+                )
+    return out

@@ -42,14 +42,23 @@ RESULTS = Path("results").resolve()
 
 # Version of the code behind each stage: a rule reruns when its stage's code changes.
 CODE = {
-    "manifest": cas.code_version("rsm_eval.manifests", "rsm_eval.schemas"),
+    "manifest": cas.code_version(
+        "rsm_eval.manifests", "rsm_eval.schemas", "rsm_eval.cli"
+    ),
     "embed": cas.code_version(
-        "rsm_eval.embeddings", "rsm_eval.models", "rsm_eval.featstore"
+        "rsm_eval.embeddings", "rsm_eval.models", "rsm_eval.featstore", "rsm_eval.cli"
     ),
     "evaluate": cas.code_version(
-        "rsm_eval.evaluate", "rsm_eval.metrics", "rsm_eval.protocols"
+        "rsm_eval.evaluate",
+        "rsm_eval.metrics",
+        "rsm_eval.protocols",
+        "rsm_eval.stats",
+        "rsm_eval.cli",
     ),
-    "report": cas.code_version("rsm_eval.report"),
+    "statistics": cas.code_version(
+        "rsm_eval.stats", "rsm_eval.metrics", "rsm_eval.cli"
+    ),
+    "report": cas.code_version("rsm_eval.report", "rsm_eval.cli"),
 }
 
 
@@ -181,6 +190,10 @@ def fetch_inputs(wildcards):
     """A manual archive (path + member) is read from where the user put it."""
     spec = CFG.sources[f"{rsm_config.SOURCES_DIR}/{wildcards.source}"]
     return [ancient(spec.entry["path"])] if "path" in spec.entry else []
+
+
+STATS = CFG.raw["statistics"]
+BOOTSTRAP_ARGS = f"--n-resamples {STATS['n_resamples']} --seed {STATS['seed']} --level {STATS['level']}"
 
 
 def published_keys():

@@ -16,10 +16,29 @@ rule evaluate:
     params:
         split=lambda wc: CFG.datasets[wc.dataset].split,
         code=CODE["evaluate"],
+        bootstrap=BOOTSTRAP_ARGS,
     shell:
         "python -m rsm_eval evaluate --captions {input.captions:q}"
         " --image-features {input.images:q} --text-features {input.texts:q}"
         " --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
         " --split {params.split:q} --protocol {wildcards.variant:q}"
         " --out-json {output.metrics:q} --out-ranks {output.ranks:q}"
-        " --code {params.code} 2> {log:q}"
+        " --code {params.code} {params.bootstrap} 2> {log:q}"
+
+
+rule compare_models:
+    input:
+        metrics=METRICS_FILES,
+        ranks=[f.replace(".json", ".ranks.parquet") for f in METRICS_FILES],
+    output:
+        "results/statistics/paired.json",
+    log:
+        "results/logs/compare_models.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        bootstrap=BOOTSTRAP_ARGS,
+        code=CODE["statistics"],
+    shell:
+        "python -m rsm_eval compare --metrics {input.metrics:q} --out {output:q}"
+        " {params.bootstrap} 2> {log:q}"

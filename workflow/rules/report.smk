@@ -5,6 +5,7 @@ rule report:
     input:
         metrics=METRICS_FILES,
         summaries=SUMMARY_FILES,
+        paired="results/statistics/paired.json",
     output:
         csv=report(
             "results/report/retrieval.csv",
@@ -31,4 +32,4 @@ rule report:
         "python -m rsm_eval report --metrics {input.metrics:q}"
         " --summaries {input.summaries:q} --out-dir results/report"
         " --workflow-root {params.root:q} --published-keys {params.published:q}"
-        " --tolerance {params.tolerance} 2> {log:q}"
+        " --tolerance {params.tolerance} --paired {input.paired:q} 2> {log:q}"
