@@ -25,7 +25,7 @@ from conftest import ROOT, TINY_ARCH, snakemake_env, tiny_state_dict
 pytestmark = pytest.mark.workflow
 
 
-def run_snakemake(workdir: Path, *extra: str) -> str:
+def run_snakemake(workdir: Path, *extra: str, expect_fail: bool = False) -> str:
     cmd = [
         sys.executable,
         "-m",
@@ -42,7 +42,7 @@ def run_snakemake(workdir: Path, *extra: str) -> str:
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=snakemake_env())
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
+    assert (proc.returncode != 0) if expect_fail else (proc.returncode == 0), out
     return out
 
 
