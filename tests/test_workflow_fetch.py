@@ -10,7 +10,6 @@ import json
 import shutil
 import threading
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
