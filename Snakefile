@@ -11,8 +11,9 @@
 
 
 # `--configfile other.yaml` replaces config.yaml instead of being merged into it, so a
-# demo or test config never inherits the real datasets.
-if not config:
+# demo or test config never inherits the real datasets; `--config key=value` still
+# overrides single keys of whichever file is used.
+if not workflow.config_settings.configfiles:
 
     configfile: "config.yaml"
 
