@@ -5,6 +5,7 @@
 #   manifests      annotations -> Parquet, validated    (workflow/rules/manifests.smk)
 #   embed          features of the evaluated split      (workflow/rules/embed.smk)
 #   evaluate       recall@k by the published protocol  (workflow/rules/evaluate.smk)
+#   leakage        duplicates across train/test splits  (workflow/rules/leakage.smk)
 #   report         CSV, Markdown, HTML, provenance      (workflow/rules/report.smk)
 #
 # All logic is in the Python package workflow/rsm_eval; each rule is one call into it.
@@ -24,6 +25,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/manifests.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/leakage.smk"
 include: "workflow/rules/report.smk"
 
 

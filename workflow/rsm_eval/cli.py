@@ -83,8 +83,12 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from . import evaluate
+    from . import evaluate, leakage
 
+    exclude = None
+    if args.exclude_leaked:
+        audit = json.loads(Path(args.exclude_leaked).read_text(encoding="utf-8"))
+        exclude = leakage.leaked_images(audit, args.dataset)
     record = evaluate.write(
         Path(args.captions),
         Path(args.image_features),
@@ -99,8 +103,29 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         n_resamples=args.n_resamples,
         seed=args.seed,
         level=args.level,
+        exclude_images=exclude,
     )
     print(json.dumps(record["metrics"], indent=1), file=sys.stderr)
+
+
+def cmd_image_hashes(args: argparse.Namespace) -> None:
+    from . import leakage
+
+    n = leakage.hash_dataset(Path(args.images_manifest), Path(args.images_root), Path(args.out))
+    print(f"hashed {n} images", file=sys.stderr)
+
+
+def cmd_leakage(args: argparse.Namespace) -> None:
+    from . import leakage
+
+    tests = {k: (Path(v[0]), v[1]) for k, v in args.spec["tests"].items()}
+    trains = {k: (Path(v[0]), v[1]) for k, v in args.spec["trains"].items()}
+    audit = leakage.audit_sources(tests, trains, max_hamming=args.max_hamming)
+    cas.write_json_atomic(args.out, audit)
+    for c in audit["counts"]:
+        print(
+            f"{c['test']} vs {c['source']}: {c['exact']} exact, {c['near']} near", file=sys.stderr
+        )
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -127,6 +152,11 @@ def cmd_report(args: argparse.Namespace) -> None:
     records = report.load_records([Path(p) for p in args.metrics])
     summaries = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.summaries]
     paired = json.loads(Path(args.paired).read_text())["paired"] if args.paired else []
+    extra = []
+    if args.audit:
+        audit = json.loads(Path(args.audit).read_text(encoding="utf-8"))
+        clean = report.load_records([Path(p) for p in args.clean_metrics])
+        extra.append(report.leakage_section(audit, clean, records, args.image_roots))
     paths = report.render(
         records,
         summaries,
@@ -135,6 +165,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         published_keys=args.published_keys,
         tolerance=args.tolerance,
         paired=paired,
+        extra_sections=extra,
     )
     print(f"report: {paths['html']}", file=sys.stderr)
 
@@ -296,7 +327,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-ranks", required=True)
     p.add_argument("--code", default="")
     _add_bootstrap_args(p)
+    p.add_argument(
+        "--exclude-leaked",
+        default=None,
+        metavar="AUDIT.json",
+        help="leave out test images the leakage audit found in training sources",
+    )
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("image-hashes", help="decoded-pixel and perceptual hashes of a dataset")
+    p.add_argument("--images-manifest", required=True)
+    p.add_argument("--images-root", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_image_hashes)
+
+    p = sub.add_parser("leakage", help="duplicates between training sources and test splits")
+    p.add_argument(
+        "--spec",
+        type=_json_arg,
+        required=True,
+        help='{"tests": {name: [hashes, split]}, "trains": {label: [hashes, split]}}',
+    )
+    p.add_argument("--max-hamming", type=int, default=6)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_leakage)
 
     p = sub.add_parser("compare", help="paired bootstrap between models on the same split")
     p.add_argument("--metrics", nargs="+", required=True, help="evaluate stage records")
@@ -352,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tolerance", type=float, default=1.0)
     p.add_argument("--paired", default=None, help="compare stage output")
+    p.add_argument("--audit", default=None, help="leakage audit output")
+    p.add_argument("--clean-metrics", nargs="*", default=[], help="leakage-cleaned records")
+    p.add_argument("--image-roots", type=_json_arg, default={}, help="{dataset: image dir}")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -236,6 +236,12 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
                 f"models.{name}.weights", entry["weights"], False, sources
             )
         models[name] = Model(name=name, **entry)
+    for i, t in enumerate((cfg.get("leakage") or {}).get("train", [])):
+        if t["dataset"] not in datasets:
+            raise RsmEvalError(
+                f"{source}: leakage.train.{i}.dataset: unknown dataset {t['dataset']!r} "
+                f"(configured: {', '.join(datasets)})"
+            )
     if "evaluations" in cfg:
         evaluations = []
         for i, ev in enumerate(cfg["evaluations"]):

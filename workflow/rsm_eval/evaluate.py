@@ -44,11 +44,16 @@ def evaluate(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    exclude_images: set[str] | None = None,
 ) -> tuple[dict[str, Any], pa.Table]:
     """Metrics record and per-query ranks table; `protocol` is a variant such as
     'remoteclip' or 'skyscript-autocast'."""
     proto, autocast = parse_variant(protocol)
     captions, manifest_meta = schemas.read_table(captions_path, schemas.CAPTIONS)
+    if exclude_images:
+        # Leakage-cleaned metrics: the test split without images found in training data.
+        keep = [k not in exclude_images for k in captions.column("image_key").to_pylist()]
+        captions = captions.filter(pa.array(keep))
     image_keys, image_shas, text_shas, text_image = evaluation_order(captions, split)
     img_keys, img_feats, img_meta = read_features(image_features)
     txt_keys, txt_feats, txt_meta = read_features(text_features)
@@ -130,6 +135,7 @@ def evaluate(
         "ties": "equal scores rank the item earlier in protocol order first (stable sort)",
         "n_queries": {"i2t": len(result.i2t_ranks), "t2i": len(result.t2i_ranks)},
         **uncertainty,
+        "excluded_images": sorted(exclude_images or []),
     }
     record["address"] = cas.digest(
         {
@@ -138,6 +144,7 @@ def evaluate(
             "split": split,
             "code": code,
             "bootstrap": [n_resamples, seed, level],
+            "excluded": sorted(exclude_images or []),
         }
     )
     n_img, n_txt = len(result.i2t_ranks), len(result.t2i_ranks)

@@ -436,6 +436,128 @@ def _statistics_section(records: list[dict[str, Any]], paired: list[dict[str, An
     return Section("Statistics", "\n\n".join(parts_md), "".join(parts_html))
 
 
+MAX_PAIRS_SHOWN = 60
+
+
+def leakage_section(
+    audit: dict[str, Any],
+    clean: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+    image_roots: dict[str, str],
+) -> Section:
+    """Counts per pair of sources, the pairs themselves (thumbnails side by side in HTML),
+    and each model's metrics with the leaked test images removed beside the full split."""
+    from .leakage import thumbnail_data_uri
+
+    esc = html.escape
+    header = ["test split", "other source", "test images", "source images", "exact", "near"]
+    body = [
+        [
+            c["test"],
+            c["source"] + (" (test split)" if c["between_tests"] else ""),
+            c["n_test_images"],
+            c["n_source_images"],
+            c["exact"],
+            c["near"],
+        ]
+        for c in audit["counts"]
+    ]
+    note = (
+        f"Exact = identical decoded pixels; near = perceptual-hash (pHash) Hamming distance "
+        f"<= {audit['max_hamming']}."
+    )
+    counts = table_section("", header, body, note)
+
+    pairs = audit["pairs"]
+    header = [
+        "test image",
+        "other image",
+        "source",
+        "kind",
+        "pHash distance",
+        "test pixels",
+        "other pixels",
+    ]
+    body = [
+        [
+            f"{p['test_dataset']}/{p['test_image']}",
+            p["source_image"],
+            p["source"],
+            p["kind"],
+            p["hamming"],
+            p["test_pixel_sha256"][:16],
+            p["source_pixel_sha256"][:16],
+        ]
+        for p in pairs[:MAX_PAIRS_SHOWN]
+    ]
+    listed = table_section(
+        "",
+        header,
+        body,
+        f"{len(pairs)} pairs"
+        + (
+            f" (first {MAX_PAIRS_SHOWN} shown; all in results/leakage/audit.json)"
+            if len(pairs) > MAX_PAIRS_SHOWN
+            else ""
+        ),
+    )
+    thumbs = []
+    for p in pairs[:MAX_PAIRS_SHOWN]:
+        src_ds = p["source"].split(":", 1)[0]
+        try:
+            a = thumbnail_data_uri(Path(image_roots[p["test_dataset"]]) / p["test_path"])
+            b = thumbnail_data_uri(Path(image_roots[src_ds]) / p["source_path"])
+        except (KeyError, OSError, RsmEvalError):
+            continue
+        thumbs.append(
+            f'<figure style="display:inline-block;margin:4px"><img src="{a}" alt="test">'
+            f'<img src="{b}" alt="other"><figcaption style="font-size:11px">'
+            f"{esc(p['test_image'])} / {esc(p['source_image'])} ({esc(p['kind'])})"
+            "</figcaption></figure>"
+        )
+
+    full = {
+        (r["model"], r["dataset"]): r
+        for r in records
+        if r.get("protocol") == "remoteclip" and not r.get("autocast")
+    }
+    header = [
+        "model",
+        "dataset",
+        "leaked test images removed",
+        "mean_recall (full)",
+        "mean_recall (clean)",
+        "t2i_r1 (full)",
+        "t2i_r1 (clean)",
+    ]
+    body = []
+    for c in sorted(clean, key=lambda r: (r["dataset"], r["model"])):
+        f = full.get((c["model"], c["dataset"]))
+        if f is None:
+            continue
+        body.append(
+            [
+                c["model"],
+                c["dataset"],
+                len(c.get("excluded_images", [])),
+                f"{f['metrics']['mean_recall']:.2f}",
+                f"{c['metrics']['mean_recall']:.2f}",
+                f"{f['metrics']['t2i_r1']:.2f}",
+                f"{c['metrics']['t2i_r1']:.2f}",
+            ]
+        )
+    cleaned = table_section(
+        "",
+        header,
+        body,
+        "Metrics on the test split without the images "
+        "found in a training source, beside the full split.",
+    )
+    md = "\n\n".join([counts.md, listed.md, cleaned.md])
+    page = counts.html + listed.html + "".join(thumbs) + cleaned.html
+    return Section("Leakage audit", md, page)
+
+
 def _provenance_section(prov: dict[str, Any]) -> Section:
     header = [
         "model",

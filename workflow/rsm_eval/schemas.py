@@ -11,6 +11,7 @@ images    (manifests -> embeddings, metrics, report): one row per image, all spl
 image_features / text_features (embeddings -> metrics): one row per distinct image content
           / distinct caption text of the evaluated split, L2-normalised float32.
 ranks     (metrics -> report, statistics): per-query rank of the best positive.
+image_hashes (leakage): decoded-pixel and perceptual hashes of every image of a dataset.
 """
 
 from __future__ import annotations
@@ -68,6 +69,20 @@ def features_schema(dim: int) -> pa.Schema:
         ]
     )
 
+
+IMAGE_HASHES = pa.schema(
+    [
+        pa.field("image_key", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("image_path", pa.string(), nullable=False),
+        pa.field("image_sha256", pa.string(), nullable=False),
+        # sha256 of the decoded RGB pixels: equal pictures in different files or formats.
+        pa.field("pixel_sha256", pa.string(), nullable=False),
+        # 64-bit perceptual hashes, unsigned (int64 would overflow).
+        pa.field("phash", pa.uint64(), nullable=False),
+        pa.field("dhash", pa.uint64(), nullable=False),
+    ]
+)
 
 RANKS = pa.schema(
     [

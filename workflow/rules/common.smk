@@ -59,6 +59,7 @@ CODE = {
         "rsm_eval.stats", "rsm_eval.metrics", "rsm_eval.cli"
     ),
     "report": cas.code_version("rsm_eval.report", "rsm_eval.cli"),
+    "leakage": cas.code_version("rsm_eval.leakage", "rsm_eval.cli"),
 }
 
 
@@ -207,11 +208,55 @@ def published_keys():
     )
 
 
+# Leakage audit (optional config section `leakage`).
+LEAKAGE = CFG.raw.get("leakage") or {}
+LEAKAGE_TRAINS = {
+    f"{t['dataset']}:{t.get('split') or 'all'}": (t["dataset"], t.get("split"))
+    for t in LEAKAGE.get("train", [])
+}
+LEAKAGE_TESTS = sorted({e.dataset for e in CFG.evaluations}) if LEAKAGE else []
+LEAKAGE_HASHES = sorted(
+    {
+        f"results/leakage/hashes/{d}.parquet"
+        for d in LEAKAGE_TESTS + [d for d, _ in LEAKAGE_TRAINS.values()]
+    }
+)
+
+
+def image_roots():
+    return json.dumps({n: d.images for n, d in CFG.datasets.items()}, sort_keys=True)
+
+
+def leakage_spec():
+    hashes = "results/leakage/hashes/{}.parquet"
+    return json.dumps(
+        {
+            "tests": {
+                d: [hashes.format(d), CFG.datasets[d].split] for d in LEAKAGE_TESTS
+            },
+            "trains": {
+                label: [hashes.format(d), split]
+                for label, (d, split) in LEAKAGE_TRAINS.items()
+            },
+        },
+        sort_keys=True,
+    )
+
+
 METRICS_FILES = [
     f"results/metrics/{e.model}/{e.dataset}/{e.variant}.json" for e in CFG.evaluations
 ]
 SUMMARY_FILES = sorted(
     {f"results/manifests/{e.dataset}/summary.json" for e in CFG.evaluations}
+)
+CLEAN_METRICS_FILES = (
+    [
+        f"results/metrics/{e.model}/{e.dataset}/{e.variant}.clean.json"
+        for e in CFG.evaluations
+        if e.protocol == "remoteclip" and not e.autocast
+    ]
+    if LEAKAGE
+    else []
 )
 REPORT_FILES = [
     "results/report/retrieval.csv",

@@ -6,6 +6,8 @@ rule report:
         metrics=METRICS_FILES,
         summaries=SUMMARY_FILES,
         paired="results/statistics/paired.json",
+        audit=["results/leakage/audit.json"] if LEAKAGE else [],
+        clean=CLEAN_METRICS_FILES,
     output:
         csv=report(
             "results/report/retrieval.csv",
@@ -27,9 +29,15 @@ rule report:
         root=workflow.basedir,
         published=published_keys(),
         tolerance=CFG.raw["published_tolerance"],
+        leakage=lambda wc, input: (
+            f"--audit {shlex.quote(input.audit[0])} --image-roots {shlex.quote(image_roots())}"
+            if LEAKAGE
+            else ""
+        ),
         code=CODE["report"],
     shell:
         "python -m rsm_eval report --metrics {input.metrics:q}"
         " --summaries {input.summaries:q} --out-dir results/report"
         " --workflow-root {params.root:q} --published-keys {params.published:q}"
-        " --tolerance {params.tolerance} --paired {input.paired:q} 2> {log:q}"
+        " --tolerance {params.tolerance} --paired {input.paired:q}"
+        " --clean-metrics {input.clean:q} {params.leakage} 2> {log:q}"
