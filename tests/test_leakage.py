@@ -324,3 +324,42 @@ def test_thumbnail_data_uri(tmp_path):
     assert thumbnail_data_uri(tmp_path / "s.tif", size=64) == uri
     with pytest.raises(RsmEvalError, match="size"):
         thumbnail_data_uri(tmp_path / "s.tif", size=0)
+
+
+def test_stage_finds_planted_copies_and_cleans_the_split(small_benchmark, tmp_path):
+    """The workflow's stage functions on the generator's planted copies: every exact copy in
+    train is found, only training-source pairs count as leaks, and the clean split drops them."""
+    from rsm_eval import manifests
+    from rsm_eval.config import Dataset
+
+    out = tmp_path / "m"
+    for name, ann, images, fmt, split in (
+        ("demo", "dataset_demo.json", "images", "karpathy-json", "test"),
+        ("csv", "RSMITD.csv", "rsmitd_images", "csv", "train"),
+    ):
+        ds = Dataset(
+            name=name,
+            format=fmt,
+            annotations=str(small_benchmark / ann),
+            images=str(small_benchmark / images),
+            split=split,
+        )
+        manifests.write(
+            ds, out / f"{name}.c.parquet", out / f"{name}.i.parquet", out / f"{name}.s.json", "v"
+        )
+        leakage.hash_dataset(
+            out / f"{name}.i.parquet", small_benchmark / images, out / f"{name}.h.parquet"
+        )
+    audit = leakage.audit_sources(
+        {"demo": (out / "demo.h.parquet", "test")},
+        {"demo:train": (out / "demo.h.parquet", "train"), "csv:all": (out / "csv.h.parquet", None)},
+        max_hamming=4,
+    )
+    exact = {(p["test_image"], p["source_image"]) for p in audit["pairs"] if p["kind"] == "exact"}
+    assert exact, "the generator plants exact copies of test images in train"
+    for p in audit["pairs"]:
+        if p["kind"] == "exact":
+            assert p["test_pixel_sha256"] == p["source_pixel_sha256"]
+    leaked = leakage.leaked_images(audit, "demo")
+    assert {a for a, _ in exact} <= leaked
+    assert not any(p["between_tests"] for p in audit["pairs"])
