@@ -29,6 +29,12 @@ include: "workflow/rules/leakage.smk"
 include: "workflow/rules/report.smk"
 
 
+# Downloads run where Snakemake runs (cluster compute nodes often have no internet).
+localrules:
+    fetch_file,
+    fetch_dir,
+
+
 rule all:
     default_target: True
     input:

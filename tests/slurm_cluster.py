@@ -78,11 +78,23 @@ def unavailable() -> str | None:
         return "SLURM test cluster needs the user munge (Debian package munge)"
     if SYSTEM_CONF.exists():
         return f"{SYSTEM_CONF} exists: the plugin's inner srun would use that cluster, not ours"
-    if RUN_CONF.exists() or RUN_CONF.is_symlink():
-        target = os.readlink(RUN_CONF) if RUN_CONF.is_symlink() else ""
-        if not (target.startswith(tempfile.gettempdir()) and not Path(target).exists()):
-            return f"{RUN_CONF} is in use (configless slurmd?); not touching it"
+    if (RUN_CONF.exists() or RUN_CONF.is_symlink()) and not _stale_link():
+        return f"{RUN_CONF} is in use (configless slurmd, or another test cluster)"
     return None
+
+
+def _stale_link() -> bool:
+    """Whether /run/slurm/conf is our link left by a run that was killed (its slurmctld gone)."""
+    if not RUN_CONF.is_symlink():
+        return False
+    base = Path(os.readlink(RUN_CONF)).parent
+    if not base.name.startswith("rsm-slurm-"):
+        return False
+    try:
+        os.kill(int((base / "state" / "slurmctld.pid").read_text()), 0)
+    except (OSError, ValueError):
+        return True
+    return False
 
 
 def free_port() -> int:

@@ -78,3 +78,48 @@ def test_features_match_direct_forward_and_are_cached(manifest, small_benchmark,
     assert second.device.startswith("none")
     _, img2, _ = embeddings.read_features(tmp_path / "i2.parquet")
     np.testing.assert_array_equal(img, img2)
+
+
+def test_new_images_are_the_only_rows_embedded(small_benchmark, tmp_path):
+    """Row-level reuse: a dataset grown by a few images embeds those images (and their new
+    captions) only."""
+    import json
+
+    doc = json.loads((small_benchmark / "dataset_demo.json").read_text())
+    test = [im for im in doc["images"] if im["split"] == "test"]
+    added = test[-3:]
+    smaller = {**doc, "images": [im for im in doc["images"] if im not in added]}
+    (tmp_path / "smaller.json").write_text(json.dumps(smaller))
+    model = Model(name="m", arch=str(TINY_ARCH), random=7)
+    kwargs = dict(cache_dir=tmp_path / "cache", batch_size=8, workers=0, device="cpu")
+    results = []
+    for name, ann in (
+        ("a", tmp_path / "smaller.json"),
+        ("b", small_benchmark / "dataset_demo.json"),
+    ):
+        ds = Dataset(
+            name=name,
+            format="karpathy-json",
+            annotations=str(ann),
+            images=str(small_benchmark / "images"),
+        )
+        out = tmp_path / name
+        manifests.write(ds, out / "c.parquet", out / "i.parquet", out / "s.json", "v")
+        results.append(
+            embeddings.embed_split(
+                model,
+                out / "c.parquet",
+                small_benchmark / "images",
+                "test",
+                out / "fi.parquet",
+                out / "ft.parquet",
+                **kwargs,
+            )
+        )
+    first, second = results
+    assert (first.images_computed, first.images_reused) == (len(test) - 3, 0)
+    assert (second.images_computed, second.images_reused) == (3, len(test) - 3)
+    old_caps = {s["raw"] for im in test[:-3] for s in im["sentences"]}
+    new_caps = {s["raw"] for im in added for s in im["sentences"]} - old_caps
+    assert second.texts_computed == len(new_caps)
+    assert second.texts_reused == len(old_caps | new_caps) - len(new_caps)

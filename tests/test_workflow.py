@@ -156,6 +156,7 @@ def test_content_addressing_contract(workdir):
         "results/features/ckpt-a/demo/remoteclip/texts.parquet",
         "results/metrics/ckpt-a/demo/remoteclip.json",
         "results/metrics/ckpt-a/demo/remoteclip.ranks.parquet",
+        "results/statistics/paired.json",
         "results/report/retrieval.csv",
         "results/report/report.md",
         "results/report/report.html",

@@ -62,24 +62,28 @@ def cmd_manifest(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    from . import gpus
     from .embeddings import embed_split
 
     cas.memo()  # opened early so a broken cache directory fails before the model loads
-    embed_split(
-        Model(**args.model),
-        Path(args.captions),
-        Path(args.images_root),
-        args.split,
-        Path(args.out_images),
-        Path(args.out_texts),
-        cache_dir=Path(args.cache_dir),
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        chunk_rows=args.chunk_rows,
-        text_prefix=args.text_prefix,
-        autocast=args.autocast,
-    )
+    # Snakemake never assigns GPU ids: concurrent jobs claim distinct devices by lock file.
+    with gpus.claim_device(args.device) as device:
+        print(gpus.describe(device), file=sys.stderr)
+        embed_split(
+            Model(**args.model),
+            Path(args.captions),
+            Path(args.images_root),
+            args.split,
+            Path(args.out_images),
+            Path(args.out_texts),
+            cache_dir=Path(args.cache_dir),
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=device,
+            chunk_rows=args.chunk_rows,
+            text_prefix=args.text_prefix,
+            autocast=args.autocast,
+        )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

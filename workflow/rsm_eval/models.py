@@ -278,10 +278,14 @@ def load_state_dict(net: Any, state: dict[str, Any], *, where: str) -> None:
 
 
 def choose_device(preference: str = "auto") -> str:
+    """'cpu', 'cuda' or 'cuda:<i>' for a preference of auto, cpu, cuda or cuda:<i>."""
     import torch
 
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise RsmEvalError("embed.device: 'cuda' requested but no CUDA device is visible")
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise RsmEvalError(f"embed.device: {preference!r} requested but no CUDA device is visible")
+    if preference.startswith("cuda:"):
+        torch.cuda.set_device(int(preference[5:]))
+        return preference
     if preference in ("cuda", "auto") and torch.cuda.is_available():
         return "cuda"
     return "cpu"

@@ -9,6 +9,7 @@ import, so `--use-conda` runs the same versions as the virtualenv that the tests
 
 from __future__ import annotations
 
+import difflib
 import sys
 from pathlib import Path
 
@@ -71,8 +72,16 @@ def main(argv: list[str]) -> int:
         path = ROOT / "envs" / f"{name}.yaml"
         text = render(name)
         if "--check" in argv:
-            if not path.exists() or path.read_text() != text:
+            current = path.read_text() if path.exists() else ""
+            if current != text:
                 stale.append(str(path))
+                diff = difflib.unified_diff(
+                    current.splitlines(keepends=True),
+                    text.splitlines(keepends=True),
+                    f"{path.name} (on disk)",
+                    f"{path.name} (from requirements.txt)",
+                )
+                sys.stderr.writelines(diff)
         else:
             path.write_text(text)
     if stale:
