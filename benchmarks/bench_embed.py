@@ -40,16 +40,55 @@ def _stage(loaded, paths, workers: int, batch_size: int, tmp: Path) -> float:
     return t.seconds
 
 
+def text_rates(report: Report, loaded, texts: list[str], batch_size: int) -> dict[str, float]:
+    """Text tower: every batch at 77 tokens vs the stage's way (sorted by length, trimmed)."""
+    from rsm_eval import embeddings
+
+    bench = "1 embed"
+    tokens = loaded.tokenizer(texts)
+    order = torch.argsort(tokens.argmax(dim=-1), stable=True)
+    with torch.inference_mode():
+        loaded.model.encode_text(tokens[:2])  # warm-up
+        with Timer() as full_t:
+            full = torch.cat(
+                [
+                    loaded.model.encode_text(tokens[s : s + batch_size])
+                    for s in range(0, len(texts), batch_size)
+                ]
+            )
+        with Timer() as trim_t:
+            trimmed = torch.empty_like(full)
+            for s in range(0, len(texts), batch_size):
+                rows = order[s : s + batch_size]
+                trimmed[rows] = embeddings.encode_text_trimmed(loaded.model, tokens[rows])
+    norm = torch.nn.functional.normalize
+    diff = float((norm(full, dim=-1) - norm(trimmed, dim=-1)).abs().max())
+    cos = float((1 - (norm(full, dim=-1) * norm(trimmed, dim=-1)).sum(-1)).max())
+    n = len(texts)
+    rates = {"full": n / full_t.seconds, "trimmed": n / trim_t.seconds}
+    report.add(bench, "text rate, 77 tokens", rates["full"], "captions/s", f"{n} captions")
+    report.add(
+        bench,
+        "text rate, sorted + trimmed",
+        rates["trimmed"],
+        "captions/s",
+        f"{rates['trimmed'] / rates['full']:.1f}x; max |diff| {diff:.1e}, max 1-cos {cos:.1e}",
+    )
+    return rates
+
+
 def run(
     report: Report,
     *,
     images: list[Path],
+    texts: list[str],
     layers: int,
     batch_size: int,
     workers_options: tuple[int, ...],
     tmp: Path,
-) -> int:
-    """Returns the number of loader workers that gave the fastest stage on this machine."""
+) -> dict:
+    """Returns the figures [2] and the extrapolations use: the fastest workers setting, image
+    rates (bare, stage) and text rates (full, trimmed)."""
     from rsm_eval import models
     from rsm_eval.config import Model
 
@@ -92,4 +131,12 @@ def run(
             f"on {torch.get_num_threads()} torch threads, {n} images, batch {batch_size}",
         )
     )
-    return best
+    rates = text_rates(report, loaded, texts, 64)
+    return {
+        "workers": best,
+        "bare_rate": bare_rate,
+        "stage_rate": n / stage[best],
+        "text_full": rates["full"],
+        "text_trimmed": rates["trimmed"],
+        "label": common.model_label(layers),
+    }

@@ -2,7 +2,8 @@
 wall time of a straightforward re-implementation of the seed's loop.
 
 Baseline (the seed's loop, re-implemented plainly): build the model, decode and embed every
-test image in file-name order, embed every caption (duplicates included) at CLIP's full 77
+test image in file-name order (through a DataLoader with the same workers as ours, as
+RemoteCLIP's evaluation does), embed every caption (duplicates included) at CLIP's full 77
 tokens, one dense score matrix, and RemoteCLIP's per-query loop (argsort each query's scores,
 find the positives' positions).
 
@@ -37,8 +38,23 @@ def _recalls(i2t: np.ndarray, t2i: np.ndarray) -> dict[str, float]:
     return out
 
 
-def baseline(model_cfg, data: Benchmark, batch_size: int) -> tuple[dict, dict]:
-    """The seed's loop. Returns (metrics, seconds per phase)."""
+class _Images:
+    """Decode + preprocess, as RemoteCLIP's evaluation does through a DataLoader."""
+
+    def __init__(self, paths: list[Path], preprocess):
+        self.paths, self.preprocess = paths, preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        with Image.open(self.paths[i]) as im:
+            return self.preprocess(im.convert("RGB"))
+
+
+def baseline(model_cfg, data: Benchmark, batch_size: int, workers: int) -> tuple[dict, dict]:
+    """The seed's loop. Returns (metrics, seconds per phase). Images go through a DataLoader
+    with the same workers as ours, so the image phase is not where the difference comes from."""
     from rsm_eval import models
 
     parts: dict[str, float] = {}
@@ -56,16 +72,13 @@ def baseline(model_cfg, data: Benchmark, batch_size: int) -> tuple[dict, dict]:
             caps_of[i].append(len(texts))
             texts.append(sent["raw"])
             owner.append(i)
+    loader = torch.utils.data.DataLoader(
+        _Images([data.images / im["filename"] for im in imgs], loaded.preprocess),
+        batch_size=batch_size,
+        num_workers=workers,
+    )
     with Timer() as t, torch.inference_mode():
-        feats = []
-        for s in range(0, len(imgs), batch_size):
-            x = torch.stack(
-                [
-                    loaded.preprocess(Image.open(data.images / im["filename"]).convert("RGB"))
-                    for im in imgs[s : s + batch_size]
-                ]
-            )
-            feats.append(F.normalize(loaded.model.encode_image(x), dim=-1))
+        feats = [F.normalize(loaded.model.encode_image(x), dim=-1) for x in loader]
         image_features = torch.cat(feats).numpy()
     parts["images"] = t.seconds
     with Timer() as t, torch.inference_mode():
@@ -189,7 +202,7 @@ def run(
     report.add(bench, "batch size, loader workers", f"{batch_size}, {workers}")
 
     with Timer() as tb:
-        base_metrics, base_parts = baseline(model_cfg, data, batch_size)
+        base_metrics, base_parts = baseline(model_cfg, data, batch_size, workers)
     for k, v in base_parts.items():
         report.add(bench, f"baseline: {k}", v, "s")
     report.add(bench, "baseline total", tb.seconds, "s")

@@ -271,11 +271,6 @@ def test_config_errors_name_the_key_and_nothing_runs(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: manifests.build reads image file names with '..' or an absolute path from "
-    "outside the dataset's image directory instead of refusing them",
-)
 @pytest.mark.parametrize(
     "fmt, name",
     [("karpathy-json", "../secret.png"), ("karpathy-json", "ABS"), ("csv", "sub/../../secret.png")],
@@ -441,3 +436,22 @@ def test_hostile_names_paths_and_captions_through_every_rule(tmp_path):
     for page in ("report.html", "report.md"):
         text = (wd / "results/report" / page).read_text(encoding="utf-8").lower()
         assert "<script" not in text and "<img" not in text, page
+
+
+def test_braces_in_a_dataset_path_work_or_name_the_key(tmp_path):
+    data = tmp_path / "data {x}"
+    save_image(data / "imgs" / "a.png", 0)
+    (data / "ann.json").write_text(json.dumps(karpathy_doc([("a.png", "test", CAPTIONS)])))
+    config = {
+        "datasets": {
+            "d": {
+                "format": "karpathy-json",
+                "annotations": str(data / "ann.json"),
+                "images": str(data / "imgs"),
+            }
+        },
+        "models": {"m": {"arch": str(TINY_ARCH), "random": 0}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    rc, out = snakemake(tmp_path, "--dry-run")
+    assert rc == 0 or "datasets.d." in out, out

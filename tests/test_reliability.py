@@ -146,12 +146,29 @@ def embed_inputs(tmp_path_factory) -> tuple[Path, Path, int]:
     return m / "captions.parquet", data / "images", 12
 
 
-def _embed_cmd(captions: Path, images: Path, cache: Path, out: Path) -> list[str]:
+# The victim runs the real command line, pausing briefly after each committed chunk so that
+# the test's SIGKILL lands half way on any machine, however fast.
+_SLOW_COMMITS = """
+import sys, time
+from rsm_eval import featstore
+commit = featstore.FeatureStore.commit
+def slow_commit(self, keys, embeddings):
+    path = commit(self, keys, embeddings)
+    time.sleep(0.3)
+    return path
+featstore.FeatureStore.commit = slow_commit
+from rsm_eval.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _embed_cmd(
+    captions: Path, images: Path, cache: Path, out: Path, slow: bool = False
+) -> list[str]:
     model = {"name": "tiny", "arch": str(TINY_ARCH), "random": 0}
     return [
         sys.executable,
-        "-m",
-        "rsm_eval",
+        *(["-c", _SLOW_COMMITS] if slow else ["-m", "rsm_eval"]),
         "embed",
         "--model",
         json.dumps(model),
@@ -199,7 +216,7 @@ def test_sigkilled_embedding_resumes_and_matches_an_uninterrupted_run(embed_inpu
     out, cache = tmp_path / "out", tmp_path / "cache"
     # The uninterrupted reference runs alongside the victim (same settings, its own cache).
     ref = _start(_embed_cmd(captions, images, ref_cache, ref_out), tmp_path / "ref.log")
-    victim = _start(_embed_cmd(captions, images, cache, out), tmp_path / "victim.log")
+    victim = _start(_embed_cmd(captions, images, cache, out, slow=True), tmp_path / "victim.log")
     try:
         deadline = time.monotonic() + 240
         while not _committed_chunks(cache, "image"):
@@ -460,3 +477,18 @@ def test_corrupted_chunk_in_shared_cache_is_set_aside_and_recomputed(shared_cach
     # The store is consistent again apart from the file kept for inspection.
     chunk.with_name(chunk.name + ".corrupt").unlink()
     _assert_every_chunk_verifies(shared_cache["cache"])
+
+
+def test_committed_chunks_and_outputs_honour_the_umask(tmp_path):
+    import stat
+
+    from rsm_eval import cas
+
+    old = os.umask(0o022)
+    try:
+        chunk = FeatureStore(tmp_path, "addr", "image").commit(["k"], np.ones((1, 4)))
+        cas.write_text_atomic(tmp_path / "report.html", "<html></html>")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(chunk.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o644

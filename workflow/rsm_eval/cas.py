@@ -28,6 +28,11 @@ from typing import Any
 from .errors import RsmEvalError
 
 CHUNK = 1 << 20
+# mkstemp creates 0600 files; products get the permissions a plain open() would give, so a
+# cache or report shared between users stays readable.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 MEMO_ENV = "RSM_EVAL_HASH_MEMO"
 DEFAULT_MEMO = Path("results/cache/hash-memo.sqlite")
 
@@ -183,6 +188,7 @@ def atomic_path(dest: Path | str, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, dest)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import cas, schemas
+from .errors import RsmEvalError
 
 SUFFIX = ".parquet"
 
@@ -60,6 +61,12 @@ class FeatureStore:
             return self._index
         idx: dict[str, tuple[Path, int]] = {}
         for chunk in self.chunks():
+            if not os.access(chunk, os.R_OK):
+                # Another user's chunk, not a corrupt one: never set it aside.
+                raise RsmEvalError(
+                    f"feature store chunk {chunk} is not readable by this user; fix the "
+                    "permissions of the shared cache_dir"
+                )
             try:
                 keys = pq.read_table(chunk, columns=["key"]).column("key").to_pylist()
             except (OSError, pa.ArrowInvalid):
@@ -98,6 +105,7 @@ class FeatureStore:
             pq.write_table(table, tmp, compression="none")
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(tmp, cas.FILE_MODE)
             final = self.root / f"{_sha256_file(tmp)}{SUFFIX}"
             os.replace(tmp, final)
         except BaseException:

@@ -672,7 +672,10 @@ def parse_logs(run_dir: Path) -> dict[str, Any]:
     if results.is_file():
         for line in results.read_text(encoding="utf-8").splitlines():
             if line.strip():
-                val.append({k: float(v) for k, v in json.loads(line).items()})
+                entry = json.loads(line)
+                val.append(
+                    {k: float(v) if isinstance(v, int | float) else v for k, v in entry.items()}
+                )
     per_epoch = [losses[e] for e in sorted(losses)]
     return {
         "train_loss": per_epoch[-1] if per_epoch else None,

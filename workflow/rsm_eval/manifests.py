@@ -13,11 +13,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import warnings
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
@@ -69,6 +70,8 @@ def read_karpathy(path: Path, encoding: str = "utf-8") -> list[Row]:
         raise RsmEvalError(
             f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
+    except (RecursionError, ValueError) as exc:  # absurd nesting, 4300+-digit integers
+        raise RsmEvalError(f"{path}: invalid JSON ({str(exc)[:200]})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise RsmEvalError(
             f"{path}: expected a JSON object with an 'images' list (Karpathy format)"
@@ -96,17 +99,40 @@ def read_karpathy(path: Path, encoding: str = "utf-8") -> list[Row]:
             if not isinstance(sent, dict) or not isinstance(sent.get("raw"), str):
                 raise RsmEvalError(f"{where} ({name}): sentences[{j}] needs a string 'raw'")
             sentid = sent.get("sentid")
+            is_int = isinstance(sentid, int) and not isinstance(sentid, bool)
+            if not is_int or not -(2**63) <= sentid < 2**63:
+                sentid = None  # only Parquet int64 ids are kept; evaluators never read them
+            _check_unicode(where, name, split, sent["raw"])
             rows.append(
                 Row(
                     split=split,
                     image_key=name,
                     caption=sent["raw"],
                     caption_index=j,
-                    sentid=sentid if isinstance(sentid, int) else None,
+                    sentid=sentid,
                     where=f"{where}.sentences[{j}] ({name})",
                 )
             )
     return rows
+
+
+def _check_unicode(where: str, *texts: str) -> None:
+    """JSON can spell lone surrogates ("\\ud800"), which no file name or UTF-8 text holds."""
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RsmEvalError(f"{where}: {text!r} is not valid Unicode (lone surrogate)") from None
+
+
+def _check_relative(where: str, key: str) -> None:
+    """An image name must stay inside the dataset's image directory."""
+    parts = PurePosixPath(key.replace("\\", "/"))
+    if parts.is_absolute() or ".." in parts.parts or re.match(r"^[A-Za-z]:", key):
+        raise RsmEvalError(
+            f"{where}: image file name {key!r} must be relative to the image directory, "
+            "without '..'"
+        )
 
 
 def _pick(
@@ -226,6 +252,7 @@ def build(dataset: Dataset, *, threads: int = 4) -> tuple[pa.Table, pa.Table, di
     # One split per image and known split names (a CSV lists an image once per caption).
     image_split: dict[str, str] = {}
     for r in rows:
+        _check_relative(r.where, r.image_key)
         if r.split not in KNOWN_SPLITS and r.split != dataset.split:
             raise RsmEvalError(
                 f"{r.where}: unknown split {r.split!r}, expected one of {list(KNOWN_SPLITS)}"

@@ -305,6 +305,8 @@ def recall_at_k(ranks: np.ndarray, k: int) -> float:
     ranks = _int_vector(ranks, "ranks")
     if ranks.shape[0] == 0:
         raise RsmEvalError("ranks: expected at least one query, got an empty array")
+    if ranks.min() < 0:
+        raise RsmEvalError(f"ranks: expected 0-based ranks >= 0, found {int(ranks.min())}")
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise RsmEvalError(f"k: expected a positive int, got {k!r}")
     return float(100.0 * np.count_nonzero(ranks < k) / ranks.shape[0])
