@@ -3,6 +3,7 @@
 #   sources        download / extract / verify inputs   (workflow/rules/sources.smk)
 #   demo           the generated offline benchmark      (workflow/rules/demo.smk)
 #   manifests      annotations -> Parquet, validated    (workflow/rules/manifests.smk)
+#   finetune       open_clip_train on caption manifests (workflow/rules/finetune.smk)
 #   embed          features of the evaluated split      (workflow/rules/embed.smk)
 #   evaluate       recall@k by the published protocol  (workflow/rules/evaluate.smk)
 #   leakage        duplicates across train/test splits  (workflow/rules/leakage.smk)
@@ -23,6 +24,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/sources.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/manifests.smk"
+include: "workflow/rules/finetune.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/leakage.smk"

@@ -72,6 +72,7 @@ def trained(env):
         tests=eval_splits(env),
         test_overlap="exclude",
         device="cpu",
+        threads=1,
         cache_dir=env["out"] / "cache",
         logs_out=env["out"] / "run" / "logs",
         stream=None,
@@ -133,7 +134,7 @@ def test_record_describes_the_run(trained, env):
     assert data["test_overlap"]["policy"] == "exclude" and len(overlaps) == 3
     assert {o["dataset"] for o in overlaps} == {"demo"}
     assert training["device"] == "cpu" and training["precision"] == "fp32"
-    assert training["trainer"] == "open_clip_train.main"
+    assert training["trainer"] == "open_clip_train.main" and training["threads"] == 1
     losses = training["train_loss_per_epoch"]
     assert len(losses) == PARAMS.epochs and all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0]
@@ -333,7 +334,13 @@ def test_failed_training_names_the_trainer_output(env, tmp_path, monkeypatch):
             finetune.FinetuneParams(batch_size=8, epochs=1),
             tmp_path / "m.pt",
             device="cpu",
+            threads=1,
             stream=None,
         )
     assert not (tmp_path / "m.pt").exists()
     assert not any(p.name.startswith(".m.pt") for p in tmp_path.iterdir())
+
+
+def test_runner_registers_the_model_config_under_the_evaluated_name():
+    with pytest.raises(RsmEvalError, match="--model must be rsm-eval-"):
+        finetune.run_open_clip_train(["--model", "ViT-B-32"], str(TINY_ARCH))

@@ -260,3 +260,51 @@ def zero_shot(
         "n_templates": int(n_templates),
         "per_class": per_class,
     }
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def classify_split(
+    model: Any,
+    captions_path: Any,
+    image_features: Any,
+    *,
+    split: str,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    cache_dir: Any,
+    device: str = "auto",
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Zero-shot classification of a split's images from their cached features.
+
+    Images are never embedded again: their features come from the embed stage's table. Only
+    the class prompts are embedded, through the same content-keyed text store as captions.
+    """
+    from . import embeddings, schemas
+    from .manifests import evaluation_order
+
+    captions, _ = schemas.read_table(captions_path, schemas.CAPTIONS)
+    image_keys, image_shas, _, _ = evaluation_order(captions, split)
+    labels, coverage = class_labels(image_keys)
+    record: dict[str, Any] = {
+        "n_images": len(image_keys),
+        "coverage": 100.0 * coverage,
+        "templates": list(templates),
+    }
+    classes, idx = label_indices(labels)
+    if len(classes) < 2:
+        record.update(applicable=False, reason="fewer than two classes in the file names")
+        return record
+    keys, feats, meta = embeddings.read_features(image_features)
+    pos = {k: i for i, k in enumerate(keys)}
+    img = feats[[pos[s] for s in image_shas]]
+    texts = prompts(classes, templates)
+    prompt_feats = embeddings.embed_texts(
+        model, texts, cache_dir=cache_dir, device=device, batch_size=batch_size
+    )
+    result = zero_shot(img, prompt_feats, len(classes), idx, class_names=classes)
+    record.update(
+        applicable=True, classes=classes, model_address=meta.get("model_address"), **result
+    )
+    return record

@@ -132,6 +132,68 @@ def cmd_leakage(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_classify(args: argparse.Namespace) -> None:
+    from . import classify, gpus
+
+    with gpus.claim_device(args.device) as device:
+        record = classify.classify_split(
+            Model(**args.model),
+            Path(args.captions),
+            Path(args.image_features),
+            split=args.split,
+            templates=args.templates or classify.DEFAULT_TEMPLATES,
+            cache_dir=Path(args.cache_dir),
+            device=device,
+            batch_size=args.batch_size,
+        )
+    record.update(model=args.model["name"], dataset=args.dataset)
+    cas.write_json_atomic(args.out, record)
+    print(f"top1 {record.get('top1')} top5 {record.get('top5')}", file=sys.stderr)
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from . import finetune, gpus
+
+    spec = args.spec
+    base = Model(**spec["base"])
+    raw = dict(spec.get("params") or {})
+    if {"lr", "batch_size"} <= set(raw):
+        params = finetune.FinetuneParams.from_dict(raw, "finetunes.params")
+    else:
+        params = finetune.paper_params(base.arch, **raw)
+    sources = [
+        finetune.Source(
+            captions=s["captions"],
+            images=s["images"],
+            splits=None if s.get("split") is None else (s["split"],),
+            name=s["name"],
+        )
+        for s in spec["sources"]
+    ]
+    tests = [
+        finetune.EvalSplit(name=t["name"], captions=t["captions"], split=t["split"])
+        for t in spec.get("tests", [])
+    ]
+    with gpus.claim_device(args.device) as device:
+        print(gpus.describe(device), file=sys.stderr)
+        record = finetune.finetune(
+            sources,
+            base,
+            params,
+            Path(args.out),
+            tests=tests,
+            test_overlap=spec.get("test_overlap", "refuse"),
+            record_out=Path(args.record),
+            device=device,
+            workers=args.workers,
+            threads=args.threads,
+            cache_dir=Path(args.cache_dir),
+        )
+    record["model_name"] = spec.get("name", Path(args.out).parent.name)
+    cas.write_json_atomic(args.record, record)
+    print(f"fine-tuned: address {record.get('address')}", file=sys.stderr)
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     from . import stats
 
@@ -161,6 +223,12 @@ def cmd_report(args: argparse.Namespace) -> None:
         audit = json.loads(Path(args.audit).read_text(encoding="utf-8"))
         clean = report.load_records([Path(p) for p in args.clean_metrics])
         extra.append(report.leakage_section(audit, clean, records, args.image_roots))
+    if args.finetunes:
+        trained = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.finetunes]
+        extra.insert(0, report.finetune_section(trained, records))
+    if args.classification:
+        classified = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.classification]
+        extra.append(report.classification_section(classified))
     paths = report.render(
         records,
         summaries,
@@ -356,6 +424,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_leakage)
 
+    p = sub.add_parser("classify", help="zero-shot scene classification from cached features")
+    p.add_argument("--model", type=_json_arg, required=True, help="model entry as JSON")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--captions", required=True)
+    p.add_argument("--image-features", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--templates", nargs="*", default=None)
+    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("finetune", help="train a model with open_clip_train on caption manifests")
+    p.add_argument(
+        "--spec",
+        type=_json_arg,
+        required=True,
+        help='{"base": model, "sources": [...], "tests": [...], "params": {...}}',
+    )
+    p.add_argument("--out", required=True, help="state dict to write")
+    p.add_argument("--record", required=True, help="training record (JSON) to write")
+    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_finetune)
+
     p = sub.add_parser("compare", help="paired bootstrap between models on the same split")
     p.add_argument("--metrics", nargs="+", required=True, help="evaluate stage records")
     p.add_argument("--out", required=True)
@@ -412,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paired", default=None, help="compare stage output")
     p.add_argument("--audit", default=None, help="leakage audit output")
     p.add_argument("--clean-metrics", nargs="*", default=[], help="leakage-cleaned records")
+    p.add_argument("--classification", nargs="*", default=[], help="classify stage records")
+    p.add_argument("--finetunes", nargs="*", default=[], help="finetune stage records")
     p.add_argument("--image-roots", type=_json_arg, default={}, help="{dataset: image dir}")
     p.set_defaults(func=cmd_report)
     return parser

@@ -110,6 +110,7 @@ class Config:
     cache_dir: str
     embed: dict[str, Any]
     sources: dict[str, SourceSpec] = field(default_factory=dict)
+    finetunes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def model_datasets(self) -> list[tuple[str, str]]:
         """Distinct (model, dataset) pairs that need features."""
@@ -169,6 +170,10 @@ def validate(raw: dict[str, Any], source: str = "config") -> dict[str, Any]:
     filled = copy.deepcopy(raw)
     _fill_defaults(filled, schema, schema)
     return filled
+
+
+def finetune_weights(name: str) -> str:
+    return f"results/finetune/{name}/model.pt"
 
 
 def registry() -> dict[str, dict[str, Any]]:
@@ -236,6 +241,25 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
                 f"models.{name}.weights", entry["weights"], False, sources
             )
         models[name] = Model(name=name, **entry)
+    finetunes = cfg.get("finetunes") or {}
+    for name, ft in finetunes.items():
+        where = f"{source}: finetunes.{name}"
+        if name in models:
+            raise RsmEvalError(f"{where}: a model of that name is already configured")
+        if ft["base"] not in models:
+            raise RsmEvalError(f"{where}.base: unknown model {ft['base']!r}")
+        for ds in [s_["dataset"] for s_ in ft["sources"]] + list(ft.get("tests", [])):
+            if ds not in datasets:
+                raise RsmEvalError(f"{where}: unknown dataset {ds!r}")
+        base = models[ft["base"]]
+        # The trained weights are a product of the workflow, evaluated like any checkpoint.
+        models[name] = Model(
+            name=name,
+            arch=base.arch,
+            weights=finetune_weights(name),
+            force_quick_gelu=base.force_quick_gelu,
+            label=f"{ft['base']} fine-tuned",
+        )
     for i, t in enumerate((cfg.get("leakage") or {}).get("train", [])):
         if t["dataset"] not in datasets:
             raise RsmEvalError(
@@ -266,6 +290,7 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
         cache_dir=cfg["cache_dir"],
         embed=cfg["embed"],
         sources=sources,
+        finetunes=finetunes,
     )
 
 

@@ -470,3 +470,34 @@ def read_features(path: Path | str) -> tuple[list[str], np.ndarray, dict]:
     dim = col.type.list_size
     feats = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
     return table.column("key").to_pylist(), feats, meta
+
+
+def embed_texts(
+    model: Model,
+    texts: list[str],
+    *,
+    cache_dir: Path,
+    device: str = "auto",
+    batch_size: int = 64,
+    autocast: bool = False,
+) -> np.ndarray:
+    """L2-normalised features of arbitrary texts (class prompts, say), in order, through the
+    same content-keyed text store as captions: a text embedded once is never embedded again."""
+    precision = "amp" if autocast else "fp32"
+    store = FeatureStore(cache_dir, models.address(model, precision=precision), "text")
+    keys = [text_key(t) for t in texts]
+    text_of = dict(zip(keys, texts, strict=True))
+    unique = list(text_of)
+    missing = store.missing(unique)
+    if missing:
+        used = models.choose_device(device)
+        loaded = models.build(model, used)
+        writer = _ChunkWriter(store, len(missing), 2048, "texts")
+        _embed_texts(
+            loaded, [text_of[k] for k in missing], missing, writer, used, batch_size, 0, autocast
+        )
+    feats, bad = store.fetch(unique)
+    if feats is None or bad:
+        raise RsmEvalError(f"feature store {store.root}: {len(bad)} text rows failed verification")
+    pos = {k: i for i, k in enumerate(unique)}
+    return feats[[pos[k] for k in keys]]

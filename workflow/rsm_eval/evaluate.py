@@ -137,9 +137,13 @@ def evaluate(
         **uncertainty,
         "excluded_images": sorted(exclude_images or []),
     }
+    # The row's address: what it was computed from (the feature files' bytes also carry
+    # run-specific metadata, so their sha256 is provenance, not part of the address).
     record["address"] = cas.digest(
         {
-            "inputs": inputs,
+            "model_address": inputs["model_address"],
+            "manifest_address": inputs["manifest_address"],
+            "text_prefix": proto.text_prefix,
             "protocol": protocol,
             "split": split,
             "code": code,

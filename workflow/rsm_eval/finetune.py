@@ -15,8 +15,9 @@ equal address, so a finished fine-tune can be found again (`cache_dir`) instead 
 The training CSV is written in a canonical order (sorted by content), so the address fixes
 what open_clip_train sees, and the validation split is a deterministic function of the pairs'
 image hashes and the seed. What does not enter the address: the device, the precision that
-`precision: auto` resolves to, the number of data-loader workers, paths and names (a GPU run
-and a CPU run of one address are the same experiment, not bitwise the same weights).
+`precision: auto` resolves to, the numbers of data-loader workers and CPU threads, paths and
+names (a GPU run and a CPU run of one address are the same experiment, not bitwise the same
+weights; two CPU runs with equal threads are, and the state dict is written byte-identically).
 
 Split discipline. Training on an image of an evaluated test split inflates that split's
 numbers. Images are compared by content (sha256), so a renamed copy is caught; a re-encoded
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -105,6 +107,7 @@ _DISTRIBUTED_ENV = (
     "PMI_SIZE",
     "MPI_LOCALRANKID",
 )
+THREADS_ENV = "RSM_EVAL_TORCH_THREADS"
 _TRAIN_LINE = re.compile(r"Train Epoch: (\d+) \[.*\bLoss: (\S+) \((\S+)\)")
 
 
@@ -534,6 +537,11 @@ def run_open_clip_train(argv: Sequence[str], arch_config: str | None = None) -> 
         name = models._arch_name(Model(name="finetune", arch=arch_config))
         if "--model" not in argv or argv[argv.index("--model") + 1] != name:
             raise RsmEvalError(f"run_open_clip_train: --model must be {name} for {arch_config}")
+    threads = os.environ.get(THREADS_ENV)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
     from open_clip_train.main import main
 
     rc = main(argv)
@@ -616,8 +624,16 @@ def _argv(
     return argv
 
 
-def _run(argv: list[str], arch_config: str | None, log_path: Path, stream: IO[str] | None) -> int:
+def _run(
+    argv: list[str],
+    arch_config: str | None,
+    log_path: Path,
+    stream: IO[str] | None,
+    threads: int | None,
+) -> int:
     env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV}
+    if threads is not None:
+        env[THREADS_ENV] = env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(PACKAGE_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     )
@@ -644,9 +660,11 @@ def _run(argv: list[str], arch_config: str | None, log_path: Path, stream: IO[st
                 if stream is not None:
                     stream.write(line)
                     stream.flush()
-        finally:
-            rc = proc.wait()
-    return rc
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        return proc.wait()
 
 
 def _tail(path: Path, n: int = 40) -> str:
@@ -686,7 +704,7 @@ def parse_logs(run_dir: Path) -> dict[str, Any]:
 
 
 def _save_state_dict(checkpoint: Path, dest: Path) -> str:
-    """open_clip training checkpoint -> plain fp32 state dict at `dest` (atomic); sha256."""
+    """open_clip training checkpoint -> plain fp32 state dict at `dest` (atomic); its sha256."""
     import torch
 
     state = models.read_state_dict(checkpoint, key="finetune checkpoint")
@@ -694,9 +712,14 @@ def _save_state_dict(checkpoint: Path, dest: Path) -> str:
         k: (v.float() if v.is_floating_point() else v).contiguous().clone()
         for k, v in state.items()
     }
+    # Saved through a buffer: torch.save names the archive after the file, and a temporary
+    # name would make equal weights give different bytes (and a different model address).
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
     with cas.atomic_path(dest, suffix=".pt") as tmp:
-        torch.save(state, tmp)
-    return cas.sha256_bytes(dest.read_bytes())
+        tmp.write_bytes(data)
+    return cas.sha256_bytes(data)
 
 
 def _cache_paths(cache_dir: Path, address: str) -> tuple[Path, Path]:
@@ -720,6 +743,7 @@ def finetune(
     record_out: Path | str | None = None,
     device: str = "auto",
     workers: int = 0,
+    threads: int | None = None,
     cache_dir: Path | str | None = None,
     logs_out: Path | str | None = None,
     stream: IO[str] | None = sys.stderr,
@@ -730,16 +754,21 @@ def finetune(
     architecture; the training record (returned) is written to `record_out` (default: `out`
     with suffix .json). `tests`: evaluated splits checked for shared images under
     `test_overlap` ('refuse', 'exclude', 'allow'). `device`: 'auto', 'cuda' or 'cpu';
-    `workers`: data-loader workers. With `cache_dir`, a fine-tune whose address was trained
-    before is copied from `<cache_dir>/finetune/<address>.pt` instead of retrained, and a new
-    one is stored there. `logs_out`: a directory to keep open_clip_train's out.log,
-    params.txt and results.jsonl in. `stream`: where the trainer's output is echoed.
+    `workers`: data-loader workers; `threads`: torch CPU threads of the trainer (give the
+    job's core count: more threads than free cores makes CPU training many times slower, as
+    every operator waits for the descheduled thread; None: torch's default). With
+    `cache_dir`, a fine-tune whose address was trained before is copied from
+    `<cache_dir>/finetune/<address>.pt` instead of retrained, and a new one is stored there.
+    `logs_out`: a directory to keep open_clip_train's out.log, params.txt and results.jsonl
+    in. `stream`: where the trainer's output is echoed.
     """
     t0 = time.monotonic()
     out = Path(out)
     record_out = Path(record_out) if record_out is not None else out.with_suffix(".json")
     if not isinstance(workers, int) or workers < 0:
         raise RsmEvalError(f"finetune.workers: expected an integer >= 0, got {workers!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise RsmEvalError(f"finetune.threads: expected an integer >= 1, got {threads!r}")
     ts = select(sources, tests, test_overlap)
     address = _address_of(ts, base, params)
     base_address = models.address(base)
@@ -815,7 +844,7 @@ def finetune(
             )
         t_train = time.monotonic()
         console = tmp / "console.log"
-        rc = _run(argv, arch_config, console, stream)
+        rc = _run(argv, arch_config, console, stream, threads)
         train_seconds = time.monotonic() - t_train
         run_dir = tmp / "logs" / "run"
         checkpoint = run_dir / "checkpoints" / f"epoch_{params.epochs}.pt"
@@ -882,6 +911,7 @@ def finetune(
                 "device": used_device,
                 "precision": precision,
                 "workers": workers,
+                "threads": threads,
                 "steps_per_epoch": steps_per_epoch,
                 "total_steps": total_steps,
                 **parsed,

@@ -558,6 +558,110 @@ def leakage_section(
     return Section("Leakage audit", md, page)
 
 
+def finetune_section(trained: list[dict[str, Any]], records: list[dict[str, Any]]) -> Section:
+    """Each fine-tuned model beside its starting point, with its recipe and data discipline."""
+    metrics = {
+        (r["model"], r["dataset"]): r["metrics"]
+        for r in records
+        if r.get("protocol") == "remoteclip" and not r.get("autocast")
+    }
+    header = [
+        "model",
+        "base",
+        "dataset",
+        "mean_recall (base)",
+        "mean_recall (fine-tuned)",
+        "ratio",
+        "t2i_r1 (base)",
+        "t2i_r1 (fine-tuned)",
+    ]
+    body, notes = [], []
+    for t in trained:
+        name = t.get("model_name") or t.get("name")
+        base = t["base_model"]["name"]
+        for (m, d), fine in sorted(metrics.items()):
+            if m != name or (base, d) not in metrics:
+                continue
+            b = metrics[(base, d)]
+            ratio = fine["mean_recall"] / b["mean_recall"] if b["mean_recall"] else float("inf")
+            body.append(
+                [
+                    m,
+                    base,
+                    d,
+                    f"{b['mean_recall']:.2f}",
+                    f"{fine['mean_recall']:.2f}",
+                    f"{ratio:.1f}x",
+                    f"{b['t2i_r1']:.2f}",
+                    f"{fine['t2i_r1']:.2f}",
+                ]
+            )
+        data, params, train = t["data"], t["params"], t["training"]
+        overlap = data["test_overlap"]
+        text = (
+            f"{name}: open_clip_train, {params['epochs']} epochs, lr {params['lr']:g}, "
+            f"batch {params['batch_size']}, seed {params['seed']}, {train['precision']} on "
+            f"{train['device']}; {data['n_train_pairs']} training and {data['n_val_pairs']} "
+            f"validation pairs; test overlap policy '{overlap['policy']}' against "
+            f"{', '.join(overlap['checked']) or 'nothing'}: {len(overlap['overlaps'])} "
+            "overlapping images"
+        )
+        if overlap["overlaps"] and overlap["policy"] == "allow":
+            text += " LEFT IN the training data (the fine-tuned numbers include test leakage)"
+        elif overlap["overlaps"]:
+            text += " excluded from training"
+        text += f"; trained in {train['train_seconds']:.0f} s; address {t['address'][:16]}."
+        notes.append(text)
+    return table_section("Fine-tuning", header, body, " ".join(notes))
+
+
+def classification_section(records: list[dict[str, Any]]) -> Section:
+    header = [
+        "model",
+        "dataset",
+        "classes",
+        "labelled images",
+        "top-1",
+        "top-5",
+        "mean per-class top-1",
+    ]
+    body = []
+    for r in sorted(records, key=lambda r: (r["dataset"], r["model"])):
+        if r.get("applicable"):
+            body.append(
+                [
+                    r["model"],
+                    r["dataset"],
+                    len(r["classes"]),
+                    f"{r['n']} of {r['n_images']} ({r['coverage']:.0f}%)",
+                    f"{r['top1']:.2f}",
+                    f"{r['top5']:.2f}",
+                    f"{r['mean_class_top1']:.2f}",
+                ]
+            )
+        else:
+            body.append(
+                [
+                    r["model"],
+                    r["dataset"],
+                    "-",
+                    f"{r['coverage']:.0f}%",
+                    "-",
+                    "-",
+                    r.get("reason", ""),
+                ]
+            )
+    templates = records[0]["templates"] if records else []
+    note = (
+        "Zero-shot scene classification of the evaluated test images, classes from file "
+        "names (<class>_<n>), image features reused from the retrieval embedding; "
+        "classifier = mean of the prompt embeddings per class. Templates: "
+        + "; ".join(templates)
+        + "."
+    )
+    return table_section("Zero-shot classification", header, body, note)
+
+
 def _provenance_section(prov: dict[str, Any]) -> Section:
     header = [
         "model",

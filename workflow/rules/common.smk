@@ -35,6 +35,7 @@ wildcard_constraints:
     model=NAME,
     dataset=NAME,
     variant="(remoteclip|skyscript)(-autocast)?",
+    name=NAME,
 
 
 # Products live under results/; anything else a rule reads is a source given by the user.
@@ -60,6 +61,10 @@ CODE = {
     ),
     "report": cas.code_version("rsm_eval.report", "rsm_eval.cli"),
     "leakage": cas.code_version("rsm_eval.leakage", "rsm_eval.cli"),
+    "finetune": cas.code_version("rsm_eval.finetune", "rsm_eval.cli"),
+    "classify": cas.code_version(
+        "rsm_eval.classify", "rsm_eval.embeddings", "rsm_eval.cli"
+    ),
 }
 
 
@@ -148,22 +153,17 @@ def model_json(name):
     )
 
 
-LOCK = rsm_sources.LockFile(Path(CFG.raw["sources_lock"]))
-
-
 def model_address(name):
-    """Content address of a model at DAG time (a fetched checkpoint not yet downloaded is
-    addressed by its published or locked sha256; 'pending' until either is known)."""
+    """Content address of a model at DAG time, for the user's own checkpoints.
+
+    Weights the workflow makes (downloads, fine-tuning) are products: Snakemake tracks them
+    itself, and the embed job computes their address from their bytes.
+    """
     m = CFG.models[name]
-    known = None
-    spec = CFG.sources.get(m.weights) if m.weights else None
-    if spec is not None and not os.path.exists(m.weights):
-        known = spec.entry.get("sha256")
-        if known is None and "url" in spec.entry:
-            known = LOCK.expected(spec.key, spec.entry["url"])[0]
-        known = known or "pending"
+    if m.weights is not None and is_product(m.weights):
+        return "product"
     try:
-        return rsm_models.address(m, weights_sha256=known)
+        return rsm_models.address(m)
     except RsmEvalError as exc:
         raise WorkflowError(str(exc))
 
@@ -176,6 +176,53 @@ def model_inputs(name):
     if rsm_models.is_config_path(m.arch):
         files["arch"] = source(m.arch)
     return files
+
+
+def finetune_inputs(name):
+    ft = CFG.finetunes[name]
+    files = {f"base_{k}": v for k, v in model_inputs(ft["base"]).items()}
+    datasets = sorted({s["dataset"] for s in ft["sources"]} | set(finetune_tests(name)))
+    for d in datasets:
+        files[f"captions_{d}"] = f"results/manifests/{d}/captions.parquet"
+    return files
+
+
+def finetune_tests(name):
+    ft = CFG.finetunes[name]
+    return (
+        ft["tests"] if "tests" in ft else sorted({e.dataset for e in CFG.evaluations})
+    )
+
+
+def finetune_spec(name):
+    ft = CFG.finetunes[name]
+    base = CFG.models[ft["base"]]
+    return json.dumps(
+        {
+            "name": name,
+            "base": base.__dict__,
+            "sources": [
+                {
+                    "name": s["dataset"] + (f":{s['split']}" if "split" in s else ""),
+                    "captions": f"results/manifests/{s['dataset']}/captions.parquet",
+                    "images": CFG.datasets[s["dataset"]].images,
+                    "split": s.get("split"),
+                }
+                for s in ft["sources"]
+            ],
+            "tests": [
+                {
+                    "name": d,
+                    "captions": f"results/manifests/{d}/captions.parquet",
+                    "split": CFG.datasets[d].split,
+                }
+                for d in finetune_tests(name)
+            ],
+            "test_overlap": ft["test_overlap"],
+            "params": ft.get("params", {}),
+        },
+        sort_keys=True,
+    )
 
 
 def fetch_constraint(is_dir):
@@ -264,6 +311,12 @@ CLEAN_METRICS_FILES = (
     if LEAKAGE
     else []
 )
+CLASSIFICATION_FILES = (
+    sorted({f"results/classification/{m}/{d}.json" for m, d in CFG.model_datasets()})
+    if CFG.raw["classification"]["enabled"]
+    else []
+)
+FINETUNE_RECORDS = [f"results/finetune/{n}/model.json" for n in CFG.finetunes]
 REPORT_FILES = [
     "results/report/retrieval.csv",
     "results/report/report.md",

@@ -42,3 +42,30 @@ rule compare_models:
     shell:
         "python -m rsm_eval compare --metrics {input.metrics:q} --out {output:q}"
         " {params.bootstrap} 2> {log:q}"
+
+
+rule classify:
+    input:
+        captions="results/manifests/{dataset}/captions.parquet",
+        images="results/features/{model}/{dataset}/remoteclip/images.parquet",
+    output:
+        "results/classification/{model}/{dataset}.json",
+    log:
+        "results/logs/classify/{model}/{dataset}.log",
+    conda:
+        "../../envs/torch.yaml"
+    resources:
+        gpu=1,
+    params:
+        model=lambda wc: model_json(wc.model),
+        split=lambda wc: CFG.datasets[wc.dataset].split,
+        templates=CFG.raw["classification"]["templates"],
+        cache_dir=CFG.cache_dir,
+        device=CFG.embed["device"],
+        code=CODE["classify"],
+    shell:
+        "python -m rsm_eval classify --model {params.model:q} --dataset {wildcards.dataset:q}"
+        " --captions {input.captions:q} --image-features {input.images:q}"
+        " --split {params.split:q} --templates {params.templates:q}"
+        " --cache-dir {params.cache_dir:q} --device {params.device} --out {output:q}"
+        " 2> {log:q}"

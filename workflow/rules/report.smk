@@ -8,6 +8,8 @@ rule report:
         paired="results/statistics/paired.json",
         audit=["results/leakage/audit.json"] if LEAKAGE else [],
         clean=CLEAN_METRICS_FILES,
+        classification=CLASSIFICATION_FILES,
+        finetunes=FINETUNE_RECORDS,
     output:
         csv=report(
             "results/report/retrieval.csv",
@@ -40,4 +42,6 @@ rule report:
         " --summaries {input.summaries:q} --out-dir results/report"
         " --workflow-root {params.root:q} --published-keys {params.published:q}"
         " --tolerance {params.tolerance} --paired {input.paired:q}"
-        " --clean-metrics {input.clean:q} {params.leakage} 2> {log:q}"
+        " --clean-metrics {input.clean:q} --classification {input.classification:q}"
+        " --finetunes {input.finetunes:q}"
+        " {params.leakage} 2> {log:q}"

@@ -1,0 +1,27 @@
+# Fine-tuning with open_clip's own trainer on caption manifests (RSM-CLIP's recipe). The
+# trained weights are keyed by everything that changes them (training rows by content,
+# hyper-parameters, seed, base model, code version): the same recipe twice trains once.
+
+
+rule finetune:
+    input:
+        unpack(lambda wc: finetune_inputs(wc.name)),
+    output:
+        model="results/finetune/{name}/model.pt",
+        record="results/finetune/{name}/model.json",
+    log:
+        "results/logs/finetune/{name}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        spec=lambda wc, input: finetune_spec(wc.name),
+        cache_dir=CFG.cache_dir,
+        device=CFG.embed["device"],
+        code=CODE["finetune"],
+    shell:
+        "python -m rsm_eval finetune --spec {params.spec:q} --out {output.model:q}"
+        " --record {output.record:q} --cache-dir {params.cache_dir:q}"
+        " --device {params.device} --threads {threads} 2> {log:q}"
