@@ -1,0 +1,96 @@
+"""The bundled demo's own config, run for real: the paper's story in miniature.
+
+Fine-tuning beats its random start by far, a second run retrains nothing, the planted
+leaks are found, classification reuses the cached image features, and a training set that
+overlaps the test split is refused unless the config says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from conftest import ROOT, TINY_ARCH
+from test_workflow import run_snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+def demo_config(workdir, **overrides) -> dict:
+    cfg = yaml.safe_load((ROOT / "workflow/demo/config.yaml").read_text())
+    for model in cfg["models"].values():
+        model["arch"] = str(TINY_ARCH)
+    cfg.update(overrides)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("demo")
+    demo_config(wd)
+    run_snakemake(wd)
+    return wd
+
+
+def metrics(wd, model):
+    return json.loads((wd / f"results/metrics/{model}/demo/remoteclip.json").read_text())
+
+
+def test_fine_tuning_beats_its_random_start(demo):
+    base = metrics(demo, "tiny-seed0")["metrics"]["mean_recall"]
+    tuned = metrics(demo, "tiny-finetuned")["metrics"]["mean_recall"]
+    assert tuned >= 3 * base, (base, tuned)
+    record = json.loads((demo / "results/finetune/tiny-finetuned/model.json").read_text())
+    assert record["training"]["trainer"] == "open_clip_train.main"
+    overlap = record["data"]["test_overlap"]
+    assert overlap["policy"] == "exclude" and len(overlap["overlaps"]) == 3
+    md = (demo / "results/report/report.md").read_text()
+    assert "## Fine-tuning" in md and "excluded from training" in md
+
+
+def test_second_run_retrains_nothing(demo):
+    out = run_snakemake(demo)
+    assert "Nothing to be done" in out
+
+
+def test_leakage_and_classification_sections(demo):
+    audit = json.loads((demo / "results/leakage/audit.json").read_text())
+    exact = [p for p in audit["pairs"] if p["kind"] == "exact"]
+    assert len(exact) == 3  # the generator's planted byte-identical copies in train
+    clean = json.loads(
+        (demo / "results/metrics/tiny-finetuned/demo/remoteclip.clean.json").read_text()
+    )
+    assert clean["n_images"] < metrics(demo, "tiny-finetuned")["n_images"]
+    cls = json.loads((demo / "results/classification/tiny-finetuned/demo.json").read_text())
+    base = json.loads((demo / "results/classification/tiny-seed0/demo.json").read_text())
+    assert cls["applicable"] and cls["coverage"] == 100.0
+    assert cls["top1"] > base["top1"]
+    log = (demo / "results/logs/classify/tiny-finetuned/demo.log").read_text()
+    assert "images:" not in log  # only prompts are embedded; image features are reused
+    html = (demo / "results/report/report.html").read_text()
+    for title in (
+        "Leakage audit",
+        "Zero-shot classification",
+        "Statistics",
+        "Published versus reproduced",
+        "Provenance",
+    ):
+        assert f"<h2>{title}</h2>" in html
+    assert "data:image/png;base64," in html  # leak thumbnails side by side
+
+
+def test_overlapping_training_set_is_refused_by_default(demo, tmp_path):
+    wd = tmp_path / "refuse"
+    wd.mkdir()
+    cfg = demo_config(wd)
+    cfg["finetunes"]["tiny-finetuned"].pop("test_overlap")
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    shutil.copytree(demo / "results/demo", wd / "results/demo")  # skip regenerating
+    out = run_snakemake(wd, "--until", "finetune", expect_fail=True)
+    log = (wd / "results/logs/finetune/tiny-finetuned.log").read_text()
+    assert "airport_33.tif" in log or "overlap" in log.lower(), log[-2000:]
+    assert "fine-tune" in out.lower() or "finetune" in out
+    assert not (wd / "results/finetune/tiny-finetuned/model.pt").exists()
