@@ -125,6 +125,18 @@ def cmd_leakage(args: argparse.Namespace) -> None:
     tests = {k: (Path(v[0]), v[1]) for k, v in args.spec["tests"].items()}
     trains = {k: (Path(v[0]), v[1]) for k, v in args.spec["trains"].items()}
     audit = leakage.audit_sources(tests, trains, max_hamming=args.max_hamming)
+    if args.confirm_model:
+        from . import gpus
+
+        with gpus.claim_device(args.device) as device:
+            audit = leakage.confirm_with_model(
+                audit,
+                Model(**args.confirm_model),
+                args.image_roots,
+                threshold=args.threshold,
+                cache_dir=Path(args.cache_dir),
+                device=device,
+            )
     cas.write_json_atomic(args.out, audit)
     for c in audit["counts"]:
         print(
@@ -421,6 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
         help='{"tests": {name: [hashes, split]}, "trains": {label: [hashes, split]}}',
     )
     p.add_argument("--max-hamming", type=int, default=6)
+    p.add_argument(
+        "--confirm-model",
+        type=_json_arg,
+        default=None,
+        help="model entry as JSON: near pairs need image-embedding cosine >= threshold",
+    )
+    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--image-roots", type=_json_arg, default={}, help="{dataset: image dir}")
+    p.add_argument("--cache-dir", default="results/cache")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_leakage)
 

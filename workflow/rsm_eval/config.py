@@ -260,6 +260,9 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
             force_quick_gelu=base.force_quick_gelu,
             label=f"{ft['base']} fine-tuned",
         )
+    confirm_with = (cfg.get("leakage") or {}).get("confirm_with")
+    if confirm_with is not None and confirm_with not in models:
+        raise RsmEvalError(f"{source}: leakage.confirm_with: unknown model {confirm_with!r}")
     for i, t in enumerate((cfg.get("leakage") or {}).get("train", [])):
         if t["dataset"] not in datasets:
             raise RsmEvalError(

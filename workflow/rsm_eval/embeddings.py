@@ -501,3 +501,35 @@ def embed_texts(
         raise RsmEvalError(f"feature store {store.root}: {len(bad)} text rows failed verification")
     pos = {k: i for i, k in enumerate(unique)}
     return feats[[pos[k] for k in keys]]
+
+
+def embed_image_files(
+    model: Model,
+    paths: list[Path],
+    *,
+    cache_dir: Path,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int = 0,
+) -> np.ndarray:
+    """L2-normalised features of image files, in order, through the model's image store
+    (keyed by file sha256, as in embed_split): an image embedded once is never embedded again."""
+    from . import cas
+
+    store = FeatureStore(cache_dir, models.address(model), "image")
+    keys = cas.memo().files(paths)
+    path_of = dict(zip(keys, paths, strict=True))
+    unique = list(path_of)
+    missing = store.missing(unique)
+    if missing:
+        used = models.choose_device(device)
+        loaded = models.build(model, used)
+        writer = _ChunkWriter(store, len(missing), 2048, "images")
+        _embed_images(
+            loaded, [path_of[k] for k in missing], missing, writer, used, batch_size, workers, False
+        )
+    feats, bad = store.fetch(unique)
+    if feats is None or bad:
+        raise RsmEvalError(f"feature store {store.root}: {len(bad)} image rows failed verification")
+    pos = {k: i for i, k in enumerate(unique)}
+    return feats[[pos[k] for k in keys]]

@@ -535,6 +535,51 @@ def audit_sources(
     return {"pairs": pairs, "counts": counts, "max_hamming": max_hamming}
 
 
+def confirm_with_model(
+    audit: dict[str, Any],
+    model: Any,
+    image_roots: Mapping[str, str],
+    *,
+    threshold: float,
+    cache_dir: Path,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Keep a near pair only when the two images' embeddings agree (cosine >= threshold).
+
+    Only the images of candidate pairs are embedded (through the feature store), never a
+    whole training source: the perceptual hash has already narrowed 210k x 1.8k to a few.
+    """
+    from .embeddings import embed_image_files
+
+    near = [p for p in audit["pairs"] if p["kind"] == "near"]
+    if not near:
+        return {**audit, "confirmed_with": {"threshold": threshold, "checked": 0}}
+    paths: dict[str, Path] = {}
+    for p in near:
+        paths[p["test_key"]] = Path(image_roots[p["test_dataset"]]) / p["test_path"]
+        paths[p["train_key"]] = Path(image_roots[p["source"].split(":", 1)[0]]) / p["source_path"]
+    keys = list(paths)
+    feats = embed_image_files(model, [paths[k] for k in keys], cache_dir=cache_dir, device=device)
+    vectors = dict(zip(keys, feats, strict=True))
+    kept = confirm(audit["pairs"], vectors, vectors, threshold)
+    dropped = len(audit["pairs"]) - len(kept)
+    for c in audit["counts"]:
+        c["near"] = sum(
+            p["kind"] == "near" and p["test_dataset"] == c["test"] and p["source"] == c["source"]
+            for p in kept
+        )
+    return {
+        **audit,
+        "pairs": kept,
+        "confirmed_with": {
+            "model": getattr(model, "name", ""),
+            "threshold": threshold,
+            "checked": len(near),
+            "rejected": dropped,
+        },
+    }
+
+
 def leaked_images(audit: dict[str, Any], dataset: str) -> set[str]:
     """Test images of `dataset` with a confirmed duplicate in a training source."""
     return {

@@ -466,6 +466,13 @@ def leakage_section(
         f"Exact = identical decoded pixels; near = perceptual-hash (pHash) Hamming distance "
         f"<= {audit['max_hamming']}."
     )
+    confirmed = audit.get("confirmed_with")
+    if confirmed and confirmed.get("model"):
+        note += (
+            f" Near pairs confirmed by image-embedding cosine >= {confirmed['threshold']:g} "
+            f"with {confirmed['model']}: {confirmed['checked']} candidates checked, "
+            f"{confirmed['rejected']} rejected."
+        )
     counts = table_section("", header, body, note)
 
     pairs = audit["pairs"]

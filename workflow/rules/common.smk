@@ -280,6 +280,34 @@ def image_roots():
     return json.dumps({n: d.images for n, d in CFG.datasets.items()}, sort_keys=True)
 
 
+def leakage_inputs(wildcards):
+    files = {"hashes": LEAKAGE_HASHES}
+    if LEAKAGE.get("confirm_with"):
+        files.update(model_inputs(LEAKAGE["confirm_with"]))
+    return files
+
+
+def leakage_confirm_args():
+    """Near duplicates confirmed by image-embedding cosine when a model is configured."""
+    name = LEAKAGE.get("confirm_with")
+    if not name:
+        return ""
+    return " ".join(
+        [
+            "--confirm-model",
+            shlex.quote(model_json(name)),
+            "--threshold",
+            str(LEAKAGE.get("cosine_threshold", 0.9)),
+            "--image-roots",
+            shlex.quote(image_roots()),
+            "--cache-dir",
+            shlex.quote(CFG.cache_dir),
+            "--device",
+            CFG.embed["device"],
+        ]
+    )
+
+
 def leakage_spec():
     hashes = "results/leakage/hashes/{}.parquet"
     return json.dumps(

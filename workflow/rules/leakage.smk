@@ -22,20 +22,23 @@ rule image_hashes:
 
 rule leakage_audit:
     input:
-        LEAKAGE_HASHES,
+        unpack(leakage_inputs),
     output:
         "results/leakage/audit.json",
     log:
         "results/logs/leakage_audit.log",
     conda:
-        "../../envs/data.yaml"
+        "../../envs/torch.yaml"
+    resources:
+        gpu=1 if LEAKAGE.get("confirm_with") else 0,
     params:
         spec=leakage_spec(),
         max_hamming=LEAKAGE.get("max_hamming", 6),
+        confirm=leakage_confirm_args(),
         code=CODE["leakage"],
     shell:
         "python -m rsm_eval leakage --spec {params.spec:q}"
-        " --max-hamming {params.max_hamming} --out {output:q} 2> {log:q}"
+        " --max-hamming {params.max_hamming} {params.confirm} --out {output:q} 2> {log:q}"
 
 
 rule evaluate_clean:
