@@ -150,16 +150,21 @@ def run(report, *, n_images: int, n_captions: int, dense_images: int, dense_capt
         "",
         f"block-size independent: {check['block size independent']}",
     )
-    floor = _run_child("floor", n_images, n_captions)
+    # floor, retrieval, floor: the faster floor is the reference (conservative on a machine
+    # whose load changes during the run).
+    floors = [_run_child("floor", n_images, n_captions)]
+    ret = _run_child("retrieval", n_images, n_captions)
+    floors.append(_run_child("floor", n_images, n_captions))
+    floor = min(floors, key=lambda f: f["seconds"])
     flops = 2 * 2 * n_images * n_captions * DIM
     report.add(
         bench,
         "matmul floor (2 float32 products)",
         floor["seconds"],
         "s",
-        f"{flops / floor['seconds'] / 1e9:.0f} GFLOP/s, blocks of {BLOCK_BYTES >> 20} MiB",
+        f"{flops / floor['seconds'] / 1e9:.0f} GFLOP/s, blocks of {BLOCK_BYTES >> 20} MiB; "
+        f"faster of {floors[0]['seconds']:.1f} s (before) and {floors[1]['seconds']:.1f} s (after)",
     )
-    ret = _run_child("retrieval", n_images, n_captions)
     report.add(bench, "remoteclip_retrieval", ret["seconds"], "s")
     ratio = ret["seconds"] / floor["seconds"]
     report.add(bench, "retrieval / floor", ratio)
@@ -193,8 +198,8 @@ def run(report, *, n_images: int, n_captions: int, dense_images: int, dense_capt
         Verdict(
             "3c scoring identical to dense",
             "0 rank differences",
-            f"{check['float64']} vs float64 dense, {check['float32']} vs float32 dense "
-            f"({dense_images:,} x {dense_captions:,})",
+            f"{check['float64']} vs float64 dense ({dense_images:,} x {dense_captions:,}); "
+            f"{check['float32']} vs float32 dense, whose own rounding reorders near-ties",
             identical,
         )
     )

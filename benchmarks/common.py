@@ -78,13 +78,20 @@ def fmt(value: Any) -> str:
 
 
 def _cpu_model() -> str:
+    """'AMD EPYC (family 25, model 17; avx2; virtualised)' from /proc/cpuinfo."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    simd = [f for f in ("avx512f", "avx2") if f in flags][:1]
+    extra = [f"family {fields['cpu family']}, model {fields['model']}"] if "model" in fields else []
+    extra += simd + (["virtualised"] if "hypervisor" in flags else [])
+    name = fields.get("model name") or platform.machine()
+    return f"{name} ({'; '.join(extra)})" if extra else name
 
 
 def _mem_total_gib() -> float:
