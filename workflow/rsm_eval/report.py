@@ -187,7 +187,7 @@ def _svg_chart(table: list[dict[str, Any]]) -> str:
         return ""
     colors = ["#1f77b4", "#6baed6", "#c6dbef", "#d62728", "#fc9272", "#fee0d2"]
     bar, gap, height, top = 10, 22, 200, 20
-    width = 60 + len(table) * (6 * bar + gap)
+    width = max(60 + len(table) * (6 * bar + gap), 50 + 6 * 70 + 40)  # room for the legend
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 110}" '
         'role="img" aria-label="recall at k per model and dataset">'
