@@ -57,3 +57,48 @@ def snakemake_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+def snakemake_cmd(workdir: Path, *extra: str) -> list[str]:
+    """The workflow's command line on `workdir/config.yaml` (working directory `workdir`)."""
+    return [
+        sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
+        "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
+        "--cores", "2", *extra,
+    ]  # fmt: skip
+
+
+def run_snakemake(
+    workdir: Path, *extra: str, expect_fail: bool = False, env: dict[str, str] | None = None
+) -> str:
+    """Run the workflow for real; assert it succeeded (or failed); return its output."""
+    import subprocess
+
+    proc = subprocess.run(
+        snakemake_cmd(workdir, *extra),
+        capture_output=True,
+        text=True,
+        env=env or snakemake_env(),
+        timeout=1200,
+    )
+    out = proc.stdout + proc.stderr
+    assert (proc.returncode != 0) if expect_fail else (proc.returncode == 0), out
+    return out
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving the returned folder: (folder, base URL)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()

@@ -11,14 +11,10 @@ test_config.py and test_sources.py; here a representative subset goes through Sn
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import shutil
 import subprocess
-import sys
-import threading
 import zipfile
 from pathlib import Path
 
@@ -27,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TINY_ARCH, snakemake_env, tiny_state_dict
+from conftest import ROOT, TINY_ARCH, snakemake_cmd, snakemake_env, tiny_state_dict
 from PIL import Image
 from rsm_eval import manifests
 from rsm_eval.config import Dataset
@@ -37,20 +33,7 @@ pytestmark = pytest.mark.workflow
 
 
 def snakemake(workdir: Path, *extra: str) -> tuple[int, str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "config.yaml"),
-        "--cores",
-        "2",
-        *extra,
-    ]
+    cmd = snakemake_cmd(workdir, *extra)
     env = snakemake_env()
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -294,19 +277,6 @@ def test_annotation_file_names_cannot_leave_the_image_directory(tmp_path, fmt, n
 
 
 # --------------------------------------------------------------------------- hostile archive
-
-
-@pytest.fixture
-def http_root(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def test_archive_escaping_its_destination_is_refused_by_the_fetch_job(http_root, tmp_path):

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import ROOT, TINY_ARCH, snakemake_env
+from conftest import ROOT, TINY_ARCH, snakemake_cmd, snakemake_env
 from rsm_eval import schemas
 from rsm_eval.embeddings import read_features
 from rsm_eval.featstore import FeatureStore
@@ -48,26 +48,9 @@ def _env(threads: int = 1) -> dict[str, str]:
     return env
 
 
-def _snakemake_cmd(workdir: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "config.yaml"),
-        "--cores",
-        "2",
-        *extra,
-    ]
-
-
 def _run_snakemake(workdir: Path, *extra: str) -> str:
     proc = subprocess.run(
-        _snakemake_cmd(workdir, *extra),
+        snakemake_cmd(workdir, *extra),
         capture_output=True,
         text=True,
         env=_env(),
@@ -399,7 +382,7 @@ def shared_cache(tmp_path_factory) -> dict:
         workdirs.append(wd)
     procs = [
         subprocess.Popen(
-            _snakemake_cmd(wd),
+            snakemake_cmd(wd),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -20,30 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TINY_ARCH, snakemake_env, tiny_state_dict
+from conftest import TINY_ARCH, run_snakemake, snakemake_env, tiny_state_dict
 
 pytestmark = pytest.mark.workflow
-
-
-def run_snakemake(workdir: Path, *extra: str, expect_fail: bool = False) -> str:
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "config.yaml"),
-        "--cores",
-        "2",
-        *extra,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=snakemake_env())
-    out = proc.stdout + proc.stderr
-    assert (proc.returncode != 0) if expect_fail else (proc.returncode == 0), out
-    return out
 
 
 def write_config(workdir: Path, weights_a: str) -> None:

@@ -12,8 +12,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import ROOT, TINY_ARCH
-from test_workflow import run_snakemake
+from conftest import ROOT, TINY_ARCH, run_snakemake
 
 pytestmark = pytest.mark.workflow
 

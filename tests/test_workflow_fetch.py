@@ -3,38 +3,21 @@ archives with members, a checkpoint with a published sha256 and one locked on fi
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import shutil
-import threading
 import zipfile
 
 import pytest
 import torch
 import yaml
-from conftest import TINY_ARCH, tiny_state_dict
-from test_workflow import run_snakemake
+from conftest import TINY_ARCH, run_snakemake, tiny_state_dict
 
 pytestmark = pytest.mark.workflow
 
 
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def test_fetch_verify_extract_validate_evaluate(server, small_benchmark, tmp_path):
-    www, url = server
+def test_fetch_verify_extract_validate_evaluate(http_root, small_benchmark, tmp_path):
+    www, url = http_root
     # A release archive laid out like the public mirrors: annotations and images inside.
     with zipfile.ZipFile(www / "rsitmd_test.zip", "w") as zf:
         zf.write(small_benchmark / "dataset_demo.json", "RSITMD/dataset_RSITMD.json")
