@@ -136,6 +136,7 @@ def test_content_addressing_contract(workdir):
         "results/metrics/ckpt-a/demo/remoteclip.json",
         "results/metrics/ckpt-a/demo/remoteclip.ranks.parquet",
         "results/statistics/paired.json",
+        "results/classification/ckpt-a/demo.json",
         "results/report/retrieval.csv",
         "results/report/report.md",
         "results/report/report.html",
