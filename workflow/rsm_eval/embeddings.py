@@ -472,6 +472,24 @@ def read_features(path: Path | str) -> tuple[list[str], np.ndarray, dict]:
     return table.column("key").to_pylist(), feats, meta
 
 
+def _cached(
+    model: Model, store: FeatureStore, keys: list[str], embed_missing, device: str
+) -> np.ndarray:
+    """Rows of `keys` (in order) from `store`, computing the missing ones first with
+    `embed_missing(loaded, missing, writer, device)`; the model is built only if needed."""
+    unique = list(dict.fromkeys(keys))
+    missing = store.missing(unique)
+    if missing:
+        used = models.choose_device(device)
+        writer = _ChunkWriter(store, len(missing), 2048, store.kind + "s")
+        embed_missing(models.build(model, used), missing, writer, used)
+    feats, bad = store.fetch(unique)
+    if feats is None or bad:
+        raise RsmEvalError(f"feature store {store.root}: {len(bad)} rows failed verification")
+    pos = {k: i for i, k in enumerate(unique)}
+    return feats[[pos[k] for k in keys]]
+
+
 def embed_texts(
     model: Model,
     texts: list[str],
@@ -487,20 +505,13 @@ def embed_texts(
     store = FeatureStore(cache_dir, models.address(model, precision=precision), "text")
     keys = [text_key(t) for t in texts]
     text_of = dict(zip(keys, texts, strict=True))
-    unique = list(text_of)
-    missing = store.missing(unique)
-    if missing:
-        used = models.choose_device(device)
-        loaded = models.build(model, used)
-        writer = _ChunkWriter(store, len(missing), 2048, "texts")
+
+    def embed_missing(loaded, missing, writer, used):
         _embed_texts(
             loaded, [text_of[k] for k in missing], missing, writer, used, batch_size, 0, autocast
         )
-    feats, bad = store.fetch(unique)
-    if feats is None or bad:
-        raise RsmEvalError(f"feature store {store.root}: {len(bad)} text rows failed verification")
-    pos = {k: i for i, k in enumerate(unique)}
-    return feats[[pos[k] for k in keys]]
+
+    return _cached(model, store, keys, embed_missing, device)
 
 
 def embed_image_files(
@@ -519,17 +530,10 @@ def embed_image_files(
     store = FeatureStore(cache_dir, models.address(model), "image")
     keys = cas.memo().files(paths)
     path_of = dict(zip(keys, paths, strict=True))
-    unique = list(path_of)
-    missing = store.missing(unique)
-    if missing:
-        used = models.choose_device(device)
-        loaded = models.build(model, used)
-        writer = _ChunkWriter(store, len(missing), 2048, "images")
+
+    def embed_missing(loaded, missing, writer, used):
         _embed_images(
             loaded, [path_of[k] for k in missing], missing, writer, used, batch_size, workers, False
         )
-    feats, bad = store.fetch(unique)
-    if feats is None or bad:
-        raise RsmEvalError(f"feature store {store.root}: {len(bad)} image rows failed verification")
-    pos = {k: i for i, k in enumerate(unique)}
-    return feats[[pos[k] for k in keys]]
+
+    return _cached(model, store, keys, embed_missing, device)
