@@ -29,8 +29,6 @@ rule leakage_audit:
         "results/logs/leakage_audit.log",
     conda:
         "../../envs/torch.yaml"
-    resources:
-        gpu=1 if LEAKAGE.get("confirm_with") else 0,
     params:
         spec=leakage_spec(),
         max_hamming=LEAKAGE.get("max_hamming", 6),
