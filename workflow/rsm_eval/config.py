@@ -52,6 +52,7 @@ class Dataset:
     expected: dict[str, dict[str, int]] = field(default_factory=dict)
     max_image_pixels: int = 100_000_000
     published: str = ""
+    evaluate: bool = True
 
     def params(self) -> dict[str, Any]:
         """What changes the manifest besides the file contents (paths excluded on purpose)."""
@@ -64,7 +65,7 @@ class Dataset:
             "columns": dict(sorted(self.columns.items())),
             "expected": self.expected,
             "max_image_pixels": self.max_image_pixels,
-        }
+        }  # `evaluate` and `published` change what is done with it, not its manifest
 
 
 @dataclass(frozen=True)
@@ -284,7 +285,12 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
                 )
             evaluations.append(Evaluation(**ev))
     else:
-        evaluations = [Evaluation(model=m, dataset=d) for m in models for d in datasets]
+        evaluations = [
+            Evaluation(model=m, dataset=d)
+            for m in models
+            for d, ds in datasets.items()
+            if ds.evaluate
+        ]
     return Config(
         raw=cfg,
         datasets=datasets,
