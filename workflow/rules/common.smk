@@ -131,7 +131,9 @@ def check_manual_sources():
         raise WorkflowError(str(rsm_sources.MissingSourcesError(missing)))
 
 
-check_manual_sources()
+# Not when Snakemake only inspects the workflow (--lint, --list-rules): no jobs, no data needed.
+if workflow.check_envvars:
+    check_manual_sources()
 
 
 def source_address(path):
