@@ -45,13 +45,11 @@ def is_config_path(arch: str) -> bool:
     return arch.endswith(".json")
 
 
-def address(model: Model, weights_sha256: str | None = None, precision: str = "fp32") -> str:
-    return cas.digest(address_spec(model, weights_sha256, precision))
+def address(model: Model, precision: str = "fp32") -> str:
+    return cas.digest(address_spec(model, precision))
 
 
-def address_spec(
-    model: Model, weights_sha256: str | None = None, precision: str = "fp32"
-) -> dict[str, Any]:
+def address_spec(model: Model, precision: str = "fp32") -> dict[str, Any]:
     """What a model's content address is made of; cheap (no torch import).
 
     Made of: the architecture (a registered name, or the bytes of a model-config JSON), the
@@ -63,10 +61,8 @@ def address_spec(
         arch: Any = {"config_sha256": cas.file_sha256(model.arch)}
     else:
         arch = {"name": model.arch}
-    if model.weights is not None and weights_sha256 is not None:
-        # Not downloaded yet: addressed by its published or locked checksum.
-        weights: Any = {"sha256": weights_sha256}
-    elif model.weights is not None:
+    weights: Any
+    if model.weights is not None:
         path = Path(model.weights)
         if not path.is_file():
             raise RsmEvalError(
