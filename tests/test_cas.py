@@ -73,3 +73,71 @@ def test_code_version_tracks_source():
     v = cas.code_version("rsm_eval.metrics")
     assert v == cas.code_version("rsm_eval.metrics")
     assert v != cas.code_version("rsm_eval.report")
+
+
+STAGES = {
+    "manifest": "manifests",
+    "embed": "embeddings",
+    "evaluate": "evaluate",
+    "statistics": "stats",
+    "report": "report",
+    "leakage": "leakage",
+    "finetune": "finetune",
+    "classify": "classify",
+}
+
+
+def test_import_closure_follows_lazy_and_indirect_imports():
+    leakage = cas.import_closure("rsm_eval.leakage")
+    # leakage embeds candidate images lazily (inside a function) through embeddings, which
+    # uses models and featstore: all of them are part of its code.
+    for used in ("rsm_eval.embeddings", "rsm_eval.models", "rsm_eval.featstore"):
+        assert used in leakage
+    assert "rsm_eval.models" in cas.import_closure("rsm_eval.classify")
+    # The CLI's module-level imports count, not the stages it dispatches to.
+    assert "rsm_eval.cli" in leakage
+    assert "rsm_eval.finetune" not in cas.import_closure("rsm_eval.manifests")
+    with pytest.raises(RsmEvalError, match="rsm_eval.nope"):
+        cas.import_closure("rsm_eval.nope")
+
+
+def _stage_versions(pkg_root):
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json; from rsm_eval import cas; "
+        f"print(json.dumps({{s: cas.code_version('rsm_eval.' + m)"
+        f" for s, m in {STAGES!r}.items()}}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(pkg_root)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def test_editing_a_module_changes_exactly_the_stages_that_import_it(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    shutil.copytree(Path(cas.__file__).parent, tmp_path / "rsm_eval")
+    before = _stage_versions(tmp_path)
+    for edited in ("featstore", "report", "metrics"):
+        (tmp_path / "rsm_eval" / f"{edited}.py").open("a").write("\n# edited\n")
+        after = _stage_versions(tmp_path)
+        changed = {s for s in STAGES if after[s] != before[s]}
+        expected = {
+            s
+            for s, m in STAGES.items()
+            if f"rsm_eval.{edited}" in cas.import_closure(f"rsm_eval.{m}")
+        }
+        assert changed == expected, edited
+        before = after
+    assert {"embed", "classify", "leakage"} <= {
+        s for s, m in STAGES.items() if "rsm_eval.featstore" in cas.import_closure(f"rsm_eval.{m}")
+    }

@@ -14,9 +14,9 @@ of course, the same, so nothing downstream changes.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import sqlite3
@@ -158,18 +158,88 @@ def file_sha256(path: Path | str) -> str:
     return memo().file(path)
 
 
-def code_version(*modules: str) -> str:
-    """Address of the source of the given modules (names, not imported: cheap at DAG time).
+PACKAGE = __name__.rpartition(".")[0]  # "rsm_eval"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The command-line front end imports every stage lazily inside its handlers; a stage's code is
+# the front end's module-level imports plus the stage module's whole closure.
+ENTRY = f"{PACKAGE}.cli"
 
-    A product records the version of the code that computed it, and a rule that passes this
-    as a parameter reruns when that code changes.
+
+def _module_file(name: str) -> Path | None:
+    """Source file of a module of this package (a subpackage is its __init__), or None."""
+    if name != PACKAGE and not name.startswith(PACKAGE + "."):
+        return None
+    if name == PACKAGE:
+        return PACKAGE_DIR / "__init__.py"
+    rel = Path(*name.split(".")[1:])
+    for candidate in (PACKAGE_DIR / rel / "__init__.py", PACKAGE_DIR / rel.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(name: str, top_level_only: bool = False) -> set[str]:
+    """Modules of this package that module `name` imports (read with ast, nothing imported)."""
+    path = _module_file(name)
+    if path is None:
+        raise RsmEvalError(f"module {name} not found in {PACKAGE_DIR}")
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    is_pkg = path.name == "__init__.py"
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = name.split(".")
+                base_parts = parts if is_pkg else parts[:-1]
+                base_parts = base_parts[: len(base_parts) - (node.level - 1)]
+                base = ".".join(base_parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            found.add(base)
+            # `from . import x` and `from .pkg import sub` name modules, not only attributes.
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {m for m in found if _module_file(m) is not None}
+
+
+def import_closure(*modules: str, entry: str | None = ENTRY) -> list[str]:
+    """The given modules and every module of this package they import, directly or not.
+
+    Imports anywhere in a module count (the stages import torch-heavy modules lazily, inside
+    functions). Of `entry`, only the module-level imports count: it dispatches to every stage.
+    Parent packages count too, since importing `a.b` runs `a/__init__.py`.
     """
-    parts = []
-    for name in modules:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise RsmEvalError(f"module {name} not found")
-        parts.append([name, sha256_bytes(Path(spec.origin).read_bytes())])
+    seen: set[str] = set()
+    todo = list(modules)
+    if entry is not None:
+        todo += [entry, *_imports(entry, top_level_only=True)]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        if _module_file(name) is None:
+            raise RsmEvalError(f"module {name} not found in {PACKAGE_DIR}")
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        if name != entry:
+            todo += sorted(_imports(name) - seen)
+    return sorted(seen)
+
+
+def code_version(*modules: str, entry: str | None = ENTRY) -> str:
+    """Address of the source of the given modules and of all they import from this package.
+
+    Derived from the imports (never a hand-kept list), read with ast so that it is cheap at DAG
+    time. A product records the version of the code that computed it, and a rule that passes
+    this as a parameter reruns when that code, or anything it uses, changes.
+    """
+    parts = [
+        [name, sha256_bytes(_module_file(name).read_bytes())]  # type: ignore[union-attr]
+        for name in import_closure(*modules, entry=entry)
+    ]
     return digest(parts)[:16]
 
 

@@ -311,7 +311,7 @@ def cmd_retrieve(args: argparse.Namespace) -> None:
             t / "captions.parquet",
             t / "images.parquet",
             t / "summary.json",
-            code=cas.code_version("rsm_eval.manifests", "rsm_eval.schemas"),
+            code=cas.code_version("rsm_eval.manifests"),
         )
         embed_split(
             model,

@@ -41,30 +41,20 @@ wildcard_constraints:
 # Products live under results/; anything else a rule reads is a source given by the user.
 RESULTS = Path("results").resolve()
 
-# Version of the code behind each stage: a rule reruns when its stage's code changes.
+# Version of the code behind each stage, derived from what its module imports (cas): a rule
+# reruns when its stage's code, or any module of the package that code uses, changes.
 CODE = {
-    "manifest": cas.code_version(
-        "rsm_eval.manifests", "rsm_eval.schemas", "rsm_eval.cli"
-    ),
-    "embed": cas.code_version(
-        "rsm_eval.embeddings", "rsm_eval.models", "rsm_eval.featstore", "rsm_eval.cli"
-    ),
-    "evaluate": cas.code_version(
-        "rsm_eval.evaluate",
-        "rsm_eval.metrics",
-        "rsm_eval.protocols",
-        "rsm_eval.stats",
-        "rsm_eval.cli",
-    ),
-    "statistics": cas.code_version(
-        "rsm_eval.stats", "rsm_eval.metrics", "rsm_eval.cli"
-    ),
-    "report": cas.code_version("rsm_eval.report", "rsm_eval.cli"),
-    "leakage": cas.code_version("rsm_eval.leakage", "rsm_eval.cli"),
-    "finetune": cas.code_version("rsm_eval.finetune", "rsm_eval.cli"),
-    "classify": cas.code_version(
-        "rsm_eval.classify", "rsm_eval.embeddings", "rsm_eval.cli"
-    ),
+    stage: cas.code_version(f"rsm_eval.{module}")
+    for stage, module in {
+        "manifest": "manifests",
+        "embed": "embeddings",
+        "evaluate": "evaluate",
+        "statistics": "stats",
+        "report": "report",
+        "leakage": "leakage",
+        "finetune": "finetune",
+        "classify": "classify",
+    }.items()
 }
 
 
