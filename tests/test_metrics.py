@@ -49,6 +49,20 @@ def _reference_ranks(scores: np.ndarray, positives: list[list[int]]) -> np.ndarr
     return np.array(out, dtype=np.int64)
 
 
+def _reference_rank_bounds(
+    scores: np.ndarray, positives: list[list[int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dense reference of the tie bounds: items strictly above the best positive, plus the
+    non-positive items tied with it for the worst case."""
+    low, high = [], []
+    for q, row in enumerate(scores):
+        best = row[positives[q]].max()
+        tied = np.flatnonzero(row == best)
+        low.append(int(np.count_nonzero(row > best)))
+        high.append(low[-1] + len(set(tied.tolist()) - set(positives[q])))
+    return np.array(low), np.array(high)
+
+
 def _reference_metrics(i2t: np.ndarray, t2i: np.ndarray) -> dict[str, float]:
     vals = {}
     for name, ranks in (("i2t", i2t), ("t2i", t2i)):
@@ -193,12 +207,28 @@ def test_matches_numpy_reference_with_cross_image_duplicates(
         scores, [list(np.flatnonzero(text_image == i)) for i in range(n_images)]
     )
     t2i_ref = _reference_ranks(scores.T, [[int(i)] for i in text_image])
+    i2t_low, i2t_high = _reference_rank_bounds(
+        scores, [list(np.flatnonzero(text_image == i)) for i in range(n_images)]
+    )
+    t2i_low, t2i_high = _reference_rank_bounds(scores.T, [[int(i)] for i in text_image])
+    assert (t2i_high > t2i_low).any() and (i2t_high >= i2t_low).all()  # duplicates tie
     for block_bytes in (1, 4 * len(text) + 3, 256 << 20):
         r = remoteclip_retrieval(images, text, text_image, block_bytes=block_bytes)
         np.testing.assert_array_equal(r.i2t_ranks, i2t_ref)
         np.testing.assert_array_equal(r.t2i_ranks, t2i_ref)
         ref = _reference_metrics(i2t_ref, t2i_ref)
         assert r.metrics == pytest.approx(ref, abs=1e-12)
+        for got, want in (
+            (r.i2t_rank_low, i2t_low),
+            (r.i2t_rank_high, i2t_high),
+            (r.t2i_rank_low, t2i_low),
+            (r.t2i_rank_high, t2i_high),
+        ):
+            np.testing.assert_array_equal(got, want)
+        worst, best = _reference_metrics(i2t_high, t2i_high), _reference_metrics(i2t_low, t2i_low)
+        assert set(r.tie_interval) == set(worst)
+        for k, (lo, hi) in r.tie_interval.items():
+            assert (lo, hi) == pytest.approx((worst[k], best[k]), abs=1e-12), k
 
 
 @pytest.mark.parametrize("seed", [20, 21, 22])
@@ -214,10 +244,16 @@ def test_exact_ties_on_a_grid(seed: int) -> None:
         scores, [list(np.flatnonzero(text_image == i)) for i in range(n_images)]
     )
     t2i_ref = _reference_ranks(scores.T, [[int(i)] for i in text_image])
+    i2t_bounds = _reference_rank_bounds(
+        scores, [list(np.flatnonzero(text_image == i)) for i in range(n_images)]
+    )
+    t2i_bounds = _reference_rank_bounds(scores.T, [[int(i)] for i in text_image])
     for block_bytes in (1, 100, 256 << 20):
         r = remoteclip_retrieval(images, text, text_image, block_bytes=block_bytes)
         np.testing.assert_array_equal(r.i2t_ranks, i2t_ref)
         np.testing.assert_array_equal(r.t2i_ranks, t2i_ref)
+        np.testing.assert_array_equal((r.i2t_rank_low, r.i2t_rank_high), i2t_bounds)
+        np.testing.assert_array_equal((r.t2i_rank_low, r.t2i_rank_high), t2i_bounds)
 
 
 def test_all_scores_tied() -> None:
@@ -228,6 +264,13 @@ def test_all_scores_tied() -> None:
     r = remoteclip_retrieval(images, text, text_image, block_bytes=16)
     np.testing.assert_array_equal(r.i2t_ranks, [0, 1, 3, 4])  # first caption of each image
     np.testing.assert_array_equal(r.t2i_ranks, text_image)
+    # Any order is legitimate: a positive first, or every other item before the positives.
+    np.testing.assert_array_equal(r.i2t_rank_low, [0, 0, 0, 0])
+    np.testing.assert_array_equal(r.i2t_rank_high, [5, 4, 5, 4])  # 6 captions minus own
+    np.testing.assert_array_equal(r.t2i_rank_low, np.zeros(6))
+    np.testing.assert_array_equal(r.t2i_rank_high, np.full(6, 3))
+    assert r.tie_interval["i2t_r1"] == (0.0, 100.0)
+    assert r.tie_interval["t2i_r5"] == (100.0, 100.0)
 
 
 def test_near_ties_below_float32_resolution() -> None:
@@ -269,6 +312,9 @@ def test_blockwise_equals_dense_moderately_large() -> None:
     np.testing.assert_array_equal(blocked.i2t_ranks, dense.i2t_ranks)
     np.testing.assert_array_equal(blocked.t2i_ranks, dense.t2i_ranks)
     assert blocked.metrics == dense.metrics
+    assert blocked.tie_interval == dense.tie_interval
+    # Random features: nothing ties, so the interval is the value.
+    assert dense.tie_interval == {k: (v, v) for k, v in dense.metrics.items()}
 
     # Independent dense reference: float64 scores, count of items ranked before the positive.
     scores = images.astype(np.float64) @ text.astype(np.float64).T

@@ -31,6 +31,23 @@ def _gather(keys: list[str], table_keys: list[str], feats: np.ndarray, path: Pat
     return feats[[pos[k] for k in keys]]
 
 
+TIE_RULE = "equal scores rank the item earlier in protocol order first (stable sort)"
+
+
+def tie_fields(result: metrics.RetrievalResult) -> dict[str, Any]:
+    """The record's tie entries (see schemas, "Metrics record"): the rule behind the values,
+    each metric's interval over all orders of exactly tied scores, and how many queries
+    have a tie that can move their rank."""
+    return {
+        "ties": TIE_RULE,
+        "tie_interval": {k: [float(lo), float(hi)] for k, (lo, hi) in result.tie_interval.items()},
+        "n_tied_queries": {
+            "i2t": int(np.count_nonzero(result.i2t_rank_low != result.i2t_rank_high)),
+            "t2i": int(np.count_nonzero(result.t2i_rank_low != result.t2i_rank_high)),
+        },
+    }
+
+
 def evaluate(
     captions_path: Path,
     image_features: Path,
@@ -130,9 +147,9 @@ def evaluate(
         "n_captions": len(text_shas),
         "n_distinct_captions": len(set(text_shas)),
         "metrics": {k: float(v) for k, v in result.metrics.items()},
+        **tie_fields(result),
         "inputs": inputs,
         "code": code,
-        "ties": "equal scores rank the item earlier in protocol order first (stable sort)",
         "n_queries": {"i2t": len(result.i2t_ranks), "t2i": len(result.t2i_ranks)},
         **uncertainty,
         "excluded_images": sorted(exclude_images or []),

@@ -33,6 +33,23 @@ canonical score computed. Ranks are therefore identical for every block size and
 to a dense stable sort of the canonical scores, which orders exactly like the true dot
 products unless two of them differ by less than about ``d * 2**-53``.
 
+Tie intervals
+-------------
+The tie rule above is one legitimate order among exactly equal scores; any other order is
+as legitimate (identical captions have bit-identical features, so their scores are equal,
+and clip_benchmark's ``torch.topk`` may return them in any order). For each query, let
+``m`` be the canonical score of its best positive, ``G`` the number of items scoring
+``> m`` and ``E`` the number of *non-positive* items scoring exactly ``m``. Over all orders
+of tied items the best positive's 0-based rank takes every value from ``G`` (a positive
+first among the ties; ``rank_low``) to ``G + E`` (every tied non-positive first;
+``rank_high``), and the module's rank lies in between. Each query orders its own ties
+(rankings of different queries are independent), and every recall is non-increasing in
+each query's rank, so one order, each query's worst, minimises every R@k and the mean
+recall at once, and each query's best maximises them: the tie interval of a metric is its
+value on ``rank_high`` (low end) and on ``rank_low`` (high end). ``G`` and ``E`` come from
+the same window of candidates as the rank, so the interval costs a few extra counts per
+block and is exact, not sampled.
+
 Memory: queries are processed in blocks of rows whose float32 score block stays under
 ``block_bytes`` (at least one row per block); two boolean masks of a quarter of that size
 each come on top, so peak extra memory is about ``1.5 * block_bytes`` (under
@@ -58,12 +75,32 @@ _MAX_NORM_PRODUCT = 2.0**100
 
 
 @dataclass(frozen=True)
+class RankBounds:
+    """Per-query 0-based ranks of the best positive: by the tie rule (``rank``), and the
+    lowest and highest over all orders of exactly tied scores (``low <= rank <= high``)."""
+
+    rank: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+@dataclass(frozen=True)
 class RetrievalResult:
-    """Recall metrics (percent) and the per-query 0-based ranks they were computed from."""
+    """Recall metrics (percent) and the per-query 0-based ranks they were computed from.
+
+    ``tie_interval[metric]`` is ``(low, high)``: the metric's lowest and highest value over
+    all orders of exactly tied scores; ``metrics[metric]`` lies inside. The ``*_rank_low``
+    and ``*_rank_high`` arrays are the per-query rank bounds behind it.
+    """
 
     metrics: dict[str, float]
     i2t_ranks: np.ndarray
     t2i_ranks: np.ndarray
+    tie_interval: dict[str, tuple[float, float]]
+    i2t_rank_low: np.ndarray
+    i2t_rank_high: np.ndarray
+    t2i_rank_low: np.ndarray
+    t2i_rank_high: np.ndarray
 
 
 # ---------------------------------------------------------------------------- validation
@@ -195,8 +232,9 @@ def _to_f32_below(x: np.ndarray) -> np.ndarray:
 
 def _ranks_f32(
     q: np.ndarray, g: np.ndarray, indptr: np.ndarray, indices: np.ndarray, block_bytes: int
-) -> np.ndarray:
-    """Best-positive ranks for validated float32 inputs (see ``best_positive_ranks``)."""
+) -> RankBounds:
+    """Best-positive ranks and tie bounds for validated float32 inputs (see
+    ``best_positive_rank_bounds``)."""
     nq, d = q.shape
     ng = g.shape[0]
     counts = np.diff(indptr)
@@ -208,6 +246,11 @@ def _ranks_f32(
     best_score = np.maximum.reduceat(pos_scores, starts)
     tied_best = np.where(pos_scores == np.repeat(best_score, counts), indices, ng)
     best_item = np.minimum.reduceat(tied_best, starts)
+    # Distinct positives scoring exactly the best score (repeated pairs count once): the
+    # tied items that are not positives are the window's equal scores minus these.
+    at_best = tied_best < ng
+    pair_key = np.unique(owner[at_best] * ng + indices[at_best])
+    n_pos_at_best = np.bincount(pair_key // ng, minlength=nq)
 
     q_norm = np.sqrt(np.einsum("ij,ij->i", q, q, dtype=np.float64))
     g_norm_max = float(np.sqrt(np.einsum("ij,ij->i", g, g, dtype=np.float64).max()))
@@ -221,6 +264,8 @@ def _ranks_f32(
     lo_all = _to_f32_below(best_score - margin)
 
     ranks = np.empty(nq, dtype=np.int64)
+    low = np.empty(nq, dtype=np.int64)
+    high = np.empty(nq, dtype=np.int64)
     rows = int(min(nq, max(1, block_bytes // (4 * ng))))
     scores_buf = np.empty((rows, ng), dtype=np.float32)
     above_buf = np.empty((rows, ng), dtype=bool)
@@ -240,7 +285,9 @@ def _ranks_f32(
         window = window_buf[:n]
         np.greater(scores, hi, out=above)  # certainly ranked before the positive
         # Row-wise 1-D counts are several times faster than count_nonzero(axis=1).
-        block_ranks = np.fromiter((np.count_nonzero(row) for row in above), np.int64, n)
+        block_low = np.fromiter((np.count_nonzero(row) for row in above), np.int64, n)
+        block_equal = np.zeros(n, dtype=np.int64)
+        block_earlier = np.zeros(n, dtype=np.int64)
         np.greater_equal(scores, lo, out=window)
         np.logical_xor(window, above, out=window)  # lo <= score <= hi: undecided
         for g_start in range(0, n, group):
@@ -250,23 +297,32 @@ def _ranks_f32(
             r += start + g_start  # query index
             cand = _canonical_dots(q, r, g, c, chunk_bytes=block_bytes // 4)
             ref_score = best_score[r]
-            before = (cand > ref_score) | ((cand == ref_score) & (c < best_item[r]))
-            block_ranks[g_start:g_stop] += np.bincount(
-                r[before] - (start + g_start), minlength=g_stop - g_start
-            )
-        ranks[start:stop] = block_ranks
-    return ranks
+            local = r - (start + g_start)
+            equal = cand == ref_score
+            width = g_stop - g_start
+            block_low[g_start:g_stop] += np.bincount(local[cand > ref_score], minlength=width)
+            block_equal[g_start:g_stop] += np.bincount(local[equal], minlength=width)
+            earlier = local[equal & (c < best_item[r])]  # tie rule: lower index first
+            block_earlier[g_start:g_stop] += np.bincount(earlier, minlength=width)
+        low[start:stop] = block_low
+        ranks[start:stop] = block_low + block_earlier
+        high[start:stop] = block_low + block_equal - n_pos_at_best[start:stop]
+    if (high < ranks).any():  # every positive at the best score is in the window
+        q_bad = int(np.flatnonzero(high < ranks)[0])
+        raise RsmEvalError(f"internal error: tie bounds of query {q_bad} exclude its rank")
+    return RankBounds(ranks, low, high)
 
 
-def best_positive_ranks(
+def best_positive_rank_bounds(
     queries: np.ndarray,
     gallery: np.ndarray,
     indptr: np.ndarray,
     indices: np.ndarray,
     *,
     block_bytes: int = _DEFAULT_BLOCK_BYTES,
-) -> np.ndarray:
-    """0-based rank (int64) of the best-ranked positive for each query.
+) -> RankBounds:
+    """0-based rank (int64) of the best-ranked positive for each query, with its bounds
+    over all orders of exactly tied scores (see the module's "Tie intervals").
 
     The positives of query ``q`` are the gallery indices ``indices[indptr[q]:indptr[q+1]]``
     (CSR). Ranks follow the module's tie rule (stable descending sort of canonical scores).
@@ -297,6 +353,20 @@ def best_positive_ranks(
     return _ranks_f32(q, g, indptr, indices, block_bytes)
 
 
+def best_positive_ranks(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    *,
+    block_bytes: int = _DEFAULT_BLOCK_BYTES,
+) -> np.ndarray:
+    """The ``rank`` of :func:`best_positive_rank_bounds` (the module's tie rule)."""
+    return best_positive_rank_bounds(
+        queries, gallery, indptr, indices, block_bytes=block_bytes
+    ).rank
+
+
 # ---------------------------------------------------------------------------- metrics
 
 
@@ -322,6 +392,35 @@ def metrics_from_ranks(
     metrics.update({f"t2i_r{k}": recall_at_k(t2i_ranks, k) for k in ks})
     metrics["mean_recall"] = sum(metrics.values()) / len(metrics)
     return metrics
+
+
+def _direction_means(metrics: dict[str, float]) -> dict[str, float]:
+    """SkyScript's per-direction means ``i2t_mean`` and ``t2i_mean`` added to ``metrics``."""
+    for d in ("i2t", "t2i"):
+        metrics[f"{d}_mean"] = sum(metrics[f"{d}_r{k}"] for k in KS) / len(KS)
+    return metrics
+
+
+def tie_interval(
+    i2t: RankBounds, t2i: RankBounds, *, direction_means: bool = False
+) -> dict[str, tuple[float, float]]:
+    """``(low, high)`` of every metric over all orders of exactly tied scores: the metric on
+    each query's worst rank and on each query's best (exact; see "Tie intervals")."""
+    worst = metrics_from_ranks(i2t.high, t2i.high)
+    best = metrics_from_ranks(i2t.low, t2i.low)
+    if direction_means:
+        worst, best = _direction_means(worst), _direction_means(best)
+    return {m: (worst[m], best[m]) for m in worst}
+
+
+def _result(i2t: RankBounds, t2i: RankBounds, *, direction_means: bool) -> RetrievalResult:
+    metrics = metrics_from_ranks(i2t.rank, t2i.rank)
+    if direction_means:
+        metrics = _direction_means(metrics)
+    interval = tie_interval(i2t, t2i, direction_means=direction_means)
+    return RetrievalResult(
+        metrics, i2t.rank, t2i.rank, interval, i2t.low, i2t.high, t2i.low, t2i.high
+    )
 
 
 def remoteclip_retrieval(
@@ -354,7 +453,7 @@ def remoteclip_retrieval(
     i2t_indptr, i2t_indices = _csr_from_pairs(text_image, np.arange(n_txt), n_img)
     i2t = _ranks_f32(img, txt, i2t_indptr, i2t_indices, block_bytes)
     t2i = _ranks_f32(txt, img, np.arange(n_txt + 1, dtype=np.int64), text_image, block_bytes)
-    return RetrievalResult(metrics_from_ranks(i2t, t2i), i2t, t2i)
+    return _result(i2t, t2i, direction_means=False)
 
 
 def skyscript_retrieval(
@@ -393,7 +492,4 @@ def skyscript_retrieval(
     t2i_indptr, t2i_indices = _csr_from_pairs(pairs_text, pairs_image, n_txt)
     i2t = _ranks_f32(img, txt, i2t_indptr, i2t_indices, block_bytes)
     t2i = _ranks_f32(txt, img, t2i_indptr, t2i_indices, block_bytes)
-    metrics = metrics_from_ranks(i2t, t2i)
-    metrics["i2t_mean"] = sum(metrics[f"i2t_r{k}"] for k in KS) / len(KS)
-    metrics["t2i_mean"] = sum(metrics[f"t2i_r{k}"] for k in KS) / len(KS)
-    return RetrievalResult(metrics, i2t, t2i)
+    return _result(i2t, t2i, direction_means=True)

@@ -38,6 +38,9 @@ CSV_COLUMNS = (
 )
 METRICS = CSV_COLUMNS[5:]
 CI_COLUMNS = tuple(f"{m}_ci_{end}" for m in METRICS for end in ("low", "high"))
+# Each metric's lowest and highest value over all orders of exactly tied scores.
+TIE_COLUMNS = tuple(f"{m}_tie_{end}" for m in METRICS for end in ("low", "high"))
+TIE_SHOWN_ABOVE = 0.01  # a tie interval wider than this is shown beside the value
 EXTRA_COLUMNS = (
     "protocol",
     "n_distinct_captions",
@@ -45,6 +48,7 @@ EXTRA_COLUMNS = (
     "address",
     "model_address",
     "manifest_address",
+    *TIE_COLUMNS,
 )
 PACKAGES = (
     "rsm-eval",
@@ -91,8 +95,40 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             model_address=r["inputs"]["model_address"],
             manifest_address=r["inputs"]["manifest_address"],
         )
+        ties = r.get("tie_interval", {})
+        for m in METRICS:
+            low, high = ties.get(m, (None, None))
+            row[f"{m}_tie_low"] = None if low is None else round(low, 2)
+            row[f"{m}_tie_high"] = None if high is None else round(high, 2)
         out.append(row)
     return out
+
+
+def tie_bounds(row: dict[str, Any], m: str) -> tuple[float, float]:
+    """A row's tie interval of metric ``m`` (the value itself when the record has none)."""
+    low, high = row.get(f"{m}_tie_low"), row.get(f"{m}_tie_high")
+    return (row[m], row[m]) if low is None or high is None else (low, high)
+
+
+def with_ties(row: dict[str, Any], m: str) -> str:
+    """The value, followed by its tie interval where that is wider than TIE_SHOWN_ABOVE."""
+    low, high = tie_bounds(row, m)
+    text = f"{row[m]:.2f}"
+    return text + (
+        f" (ties {low:.2f}-{high:.2f})" if round(high - low, 2) > TIE_SHOWN_ABOVE else ""
+    )
+
+
+def wide_ties_note(table: list[dict[str, Any]]) -> str:
+    """Names the metrics whose tie interval is wider than TIE_SHOWN_ABOVE, per row."""
+    wide = []
+    for row in table:
+        ms = [m for m in METRICS if with_ties(row, m) != f"{row[m]:.2f}"]
+        if ms:
+            wide.append(f"{row['model']} / {row['dataset']} ({row['protocol']}): {', '.join(ms)}")
+    if not wide:
+        return f" No tie interval is wider than {TIE_SHOWN_ABOVE:g}."
+    return f" Tie intervals wider than {TIE_SHOWN_ABOVE:g}: " + "; ".join(wide) + "."
 
 
 def to_csv(table: list[dict[str, Any]]) -> str:
@@ -102,7 +138,7 @@ def to_csv(table: list[dict[str, Any]]) -> str:
     for row in table:
         writer.writerow(
             {
-                k: (f"{v:.2f}" if k in METRICS + CI_COLUMNS and v is not None else v)
+                k: (f"{v:.2f}" if k in METRICS + CI_COLUMNS + TIE_COLUMNS and v is not None else v)
                 for k, v in row.items()
             }
         )
@@ -229,7 +265,11 @@ PROTOCOL_NOTE = (
     "mean of the six; percent, 2 decimals), fp32 without autocast. skyscript rows use "
     "SkyScript's protocol (de-duplicated captions prefixed 'a satellite image. ', every image "
     "carrying a caption's exact string is a positive) and are not comparable with published "
-    "tables. Ties: equal scores rank the item earlier in protocol order first."
+    "tables. Ties: equal scores rank the item earlier in protocol order first. Every other "
+    "order of exactly tied scores (identical captions or images) is as legitimate: "
+    "'(ties a-b)' after a value is the range of that metric over all such orders, shown "
+    "where it is wider than 0.01; every metric's range is in retrieval.csv "
+    "(<metric>_tie_low, <metric>_tie_high)."
 )
 PUBLISHED_PATH = Path(__file__).resolve().parent / "data" / "published.csv"
 
@@ -294,6 +334,11 @@ def published_comparison(
             continue
         for pub in hits:
             diffs = {m: round(row[m] - pub[m], 2) for m in METRICS if pub[m] is not None}
+            ties = {m: tie_bounds(row, m) for m in diffs}
+            # A match: the published number within the tie interval widened by tolerance.
+            outside = {
+                m: max(round(lo - pub[m], 2), round(pub[m] - hi, 2)) for m, (lo, hi) in ties.items()
+            }
             compared.append(
                 {
                     "model": row["model"],
@@ -303,18 +348,30 @@ def published_comparison(
                     "ours": {m: row[m] for m in diffs},
                     "published": {m: pub[m] for m in diffs},
                     "diff": diffs,
-                    "flagged": sorted(m for m, d in diffs.items() if abs(d) > tolerance),
+                    "tie_interval": {m: list(b) for m, b in ties.items()},
+                    "flagged": sorted(m for m, d in outside.items() if d > tolerance),
                 }
             )
     return compared, unmatched
 
 
 def _published_section(compared, unmatched, tolerance: float) -> Section:
-    header = ["model", "dataset", "published as", "metric", "ours", "published", "diff", ""]
+    header = [
+        "model",
+        "dataset",
+        "published as",
+        "metric",
+        "ours",
+        "published",
+        "diff",
+        "ours over tie orders",
+        "",
+    ]
     body = []
     for c in compared:
         for m in c["diff"]:
-            flag = f"> {tolerance:g}" if m in c["flagged"] else ""
+            flag = f"outside by > {tolerance:g}" if m in c["flagged"] else ""
+            lo, hi = c.get("tie_interval", {}).get(m, (c["ours"][m], c["ours"][m]))
             body.append(
                 [
                     c["model"],
@@ -324,12 +381,15 @@ def _published_section(compared, unmatched, tolerance: float) -> Section:
                     f"{c['ours'][m]:.2f}",
                     f"{c['published'][m]:.2f}",
                     f"{c['diff'][m]:+.2f}",
+                    f"{lo:.2f}-{hi:.2f}",
                     flag,
                 ]
             )
     note = (
-        f"Differences larger than {tolerance:g} points are flagged "
-        "(published_tolerance in config). Sources: RSM-CLIP (ICONIP 2024) Tables 1-2, "
+        "A published number matches when it lies within our tie interval (the range over "
+        f"all orders of exactly tied scores) widened by {tolerance:g} points "
+        "(published_tolerance in config); other rows are flagged. Sources: RSM-CLIP "
+        "(ICONIP 2024) Tables 1-2, "
         "RemoteCLIP and GeoRSCLIP papers (workflow/rsm_eval/data/published.csv)."
     )
     if unmatched:
@@ -713,13 +773,13 @@ def render(
     prov = provenance(records, summaries, workflow_root)
     compared, unmatched = published_comparison(table, published_keys or {}, tolerance)
     header = list(CSV_COLUMNS) + ["protocol"]
-    body = [[r[k] if k not in METRICS else f"{r[k]:.2f}" for k in header] for r in table]
+    body = [[r[k] if k not in METRICS else with_ties(r, k) for k in header] for r in table]
     sections = [
         table_section(
             "Retrieval",
             header,
             body,
-            PROTOCOL_NOTE,
+            PROTOCOL_NOTE + wide_ties_note(table),
             extra_html="<h3>Recall@k</h3>" + _svg_chart(table),
         ),
         _published_section(compared, unmatched, tolerance),

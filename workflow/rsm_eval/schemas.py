@@ -12,6 +12,23 @@ image_features / text_features (embeddings -> metrics): one row per distinct ima
           / distinct caption text of the evaluated split, L2-normalised float32.
 ranks     (metrics -> report, statistics): per-query rank of the best positive.
 image_hashes (leakage): decoded-pixel and perceptual hashes of every image of a dataset.
+
+Metrics record
+--------------
+The evaluate stage's JSON (one model x dataset x split x protocol variant; evaluate ->
+report, statistics) holds ``model``, ``dataset``, ``split``, ``protocol``, ``autocast``,
+``variant``, ``n_images``, ``n_captions``, ``n_distinct_captions``, ``n_queries``,
+``inputs`` (addresses and sha256 of what it was computed from), ``code``, ``address``,
+``excluded_images``, for remoteclip rows ``ci``/``ci_level``/``n_resamples``/``seed``/
+``ceilings``, and:
+
+metrics        {metric: percent}: ``metrics.METRIC_COLUMNS`` (skyscript adds ``i2t_mean``,
+               ``t2i_mean``), ranks by the tie rule in ``ties``.
+ties           the deterministic tie rule behind ``metrics`` (a sentence).
+tie_interval   {metric: [low, high]} for every key of ``metrics``: the lowest and highest
+               value over all orders of exactly tied scores (identical captions or
+               images); ``low <= metrics[m] <= high``, equal when nothing ties.
+n_tied_queries {"i2t": n, "t2i": n}: queries whose rank an order of ties can change.
 """
 
 from __future__ import annotations
