@@ -353,6 +353,10 @@ def cmd_retrieve(args: argparse.Namespace) -> None:
                 np.savez(fh, **out)
     for key, name in SEED_METRIC_NAMES.items():
         print(f"{name}: {record['metrics'][key]:.2f}")
+    for key, name in SEED_METRIC_NAMES.items():  # stdout keeps the seed's seven lines
+        low, high = record["tie_interval"][key]
+        if round(high - low, 2) > 0.01:
+            print(f"{name}: {low:.2f}-{high:.2f} over all orders of tied scores", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
