@@ -130,7 +130,7 @@ def _no_proxy_no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "*")
     delays: list[float] = []
-    monkeypatch.setattr(sources, "_sleep", delays.append)
+    monkeypatch.setattr(sources.http, "_sleep", delays.append)
     return delays
 
 
@@ -595,7 +595,7 @@ def test_extract_counts_written_bytes(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_not_an_archive(tmp_path: Path) -> None:
     path = tmp_path / "plain.bin"
     path.write_bytes(b"not an archive at all")
-    with pytest.raises(RsmEvalError, match="not a zip or tar archive"):
+    with pytest.raises(RsmEvalError, match="not a zip, tar or RAR archive"):
         safe_extract(path, tmp_path / "out", key="k")
 
 
