@@ -66,7 +66,7 @@ def read_names(path: Path, layout: Layout, fmt: str | None = None) -> list[str]:
 
 
 def common_prefix(names: list[str]) -> str:
-    """The directories every name starts with ('' when none): 'RSICD/images/a.jpg' -> 'RSICD/images'."""
+    """The folders every name starts with ('' if none): 'RSICD/images/a.jpg' -> 'RSICD/images'."""
     dirs = [PurePosixPath(n).parts[:-1] for n in names]
     if not dirs:
         return ""
@@ -142,9 +142,9 @@ def resolve_member(tree: Path, member: str, key: str, *, want_dir: bool) -> Path
         nxt = current / part
         if not nxt.exists():
             break
-        if nxt.is_file() and nxt.name.lower().endswith(ARCHIVE_SUFFIXES) and archive_kind(nxt):
-            if i < len(parts) - 1 or want_dir:
-                nxt = _open_nested(nxt, key)
+        nested = nxt.is_file() and nxt.name.lower().endswith(ARCHIVE_SUFFIXES)
+        if nested and archive_kind(nxt) and (i < len(parts) - 1 or want_dir):
+            nxt = _open_nested(nxt, key)
         current = nxt
     else:
         return current
