@@ -12,9 +12,10 @@ more than one, fits, the error lists what was found.
 from __future__ import annotations
 
 import os
+import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from rsm_eval.errors import RsmEvalError
 
@@ -67,18 +68,7 @@ def read_names(path: Path, layout: Layout, fmt: str | None = None) -> list[str]:
 
 def common_prefix(names: list[str]) -> str:
     """The folders every name starts with ('' if none): 'RSICD/images/a.jpg' -> 'RSICD/images'."""
-    dirs = [PurePosixPath(n).parts[:-1] for n in names]
-    if not dirs:
-        return ""
-    prefix = dirs[0]
-    for d in dirs[1:]:
-        n = 0
-        while n < min(len(prefix), len(d)) and prefix[n] == d[n]:
-            n += 1
-        prefix = prefix[:n]
-        if not prefix:
-            break
-    return "/".join(prefix)
+    return posixpath.commonpath([posixpath.dirname(n) for n in names]) if names else ""
 
 
 def strip_prefix(names: list[str], prefix: str) -> list[str]:
