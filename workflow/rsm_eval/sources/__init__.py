@@ -14,6 +14,7 @@ UC Merced) and ``materialize`` (one source onto its destination; the missing one
 
 from __future__ import annotations
 
+from . import http, recipes
 from .archives import _Extractor, safe_extract
 from .http import StderrProgress, download
 from .layout import Layout
@@ -49,6 +50,8 @@ __all__ = [
     "_Extractor",
     "check_available",
     "download",
+    "http",
     "materialize",
+    "recipes",
     "safe_extract",
 ]

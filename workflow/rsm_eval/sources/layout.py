@@ -100,8 +100,8 @@ def image_roots(tree: Path, names: list[str], files: set[str] | None = None) -> 
     return sorted(r for r in roots if all((f"{r}/{n}" if r else n) in files for n in rel))
 
 
-def _best_partial(names: list[str], files: set[str]) -> str:
-    """Where most names resolve, for the error message."""
+def _partial_counts(names: list[str], files: set[str]) -> Counter[str]:
+    """How many names resolve under each folder (with their common folders removed)."""
     rel = strip_prefix(names, common_prefix(names))
     by_tail: dict[str, list[str]] = {}
     for f in files:
@@ -111,8 +111,25 @@ def _best_partial(names: list[str], files: set[str]) -> str:
         for f in by_tail.get(n.rsplit("/", 1)[-1], []):
             if f == n or f.endswith("/" + n):
                 counts[f[: -len(n)].rstrip("/")] += 1
-    best = counts.most_common(3)
-    return "; ".join(f"{r or '.'}: {c} of {len(rel)}" for r, c in best) or "none resolve anywhere"
+    return counts
+
+
+def _best_partial(names: list[str], files: set[str]) -> str:
+    """Where most names resolve, for the error message."""
+    best = _partial_counts(names, files).most_common(3)
+    return "; ".join(f"{r or '.'}: {c} of {len(names)}" for r, c in best) or "none resolve anywhere"
+
+
+def fullest_folder(tree: Path, names: list[str]) -> Path | None:
+    """The one folder under which most names resolve (None when none or tied).
+
+    Only for a recipe, which then checks every file by its hash: the folder decides where to
+    look, never what is accepted.
+    """
+    best = _partial_counts(names, _files(tree)).most_common(2)
+    if not best or (len(best) == 2 and best[0][1] == best[1][1]):
+        return None
+    return tree / best[0][0] if best[0][0] else tree
 
 
 def _open_nested(path: Path, key: str) -> Path:
@@ -140,9 +157,23 @@ def resolve_member(tree: Path, member: str, key: str, *, want_dir: bool) -> Path
         return current
     files = _files(tree)
     dirs = {f.rsplit("/", k)[0] for f in files for k in range(1, f.count("/") + 1)}
-    pool = dirs if want_dir else files
-    hits = sorted(p for p in pool if p == member or p.endswith("/" + member))
-    return tree / hits[0] if len(hits) == 1 else None
+
+    def unique(tail: str, pool: set[str]) -> str | None:
+        hits = [p for p in pool if p == tail or p.endswith("/" + tail)]
+        return hits[0] if len(hits) == 1 else None
+
+    hit = unique(member, dirs if want_dir else files)
+    if hit is not None:
+        return tree / hit
+    # An extra top folder above a nested archive: find the archive, then go on inside it.
+    for i, part in enumerate(parts):
+        if part.lower().endswith(ARCHIVE_SUFFIXES):
+            nested = unique("/".join(parts[: i + 1]), files)
+            if nested is not None and nested != "/".join(parts[: i + 1]):
+                return resolve_member(
+                    tree, "/".join([nested, *parts[i + 1 :]]), key, want_dir=want_dir
+                )
+    return None
 
 
 def find_annotations(tree: Path, layout: Layout, key: str) -> Path:

@@ -183,8 +183,17 @@ def _select(tree: Path, key: str, cand: Candidate, want: _Want) -> Path:
             if cand.member
             else None
         )
+        if hint is not None and hint.is_dir():
+            return hint  # the recipe checks every file it takes from there
         names = recipes.source_names(want.recipe)
-        return layout_mod.find_images(tree, names, key, hint)
+        try:
+            return layout_mod.find_images(tree, names, key, hint)
+        except LayoutError:
+            # Some files missing or extra copies: the recipe names each missing one.
+            found = layout_mod.fullest_folder(tree, names)
+            if found is None:
+                raise
+            return found
     return layout_mod.locate(tree, cand.member, want.layout, key, want.is_dir)
 
 
