@@ -3,11 +3,16 @@ archives with members, a checkpoint with a published sha256 and one locked on fi
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import re
 import shutil
+import tempfile
 import zipfile
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -71,3 +76,104 @@ def test_fetch_verify_extract_validate_evaluate(http_root, small_benchmark, tmp_
     assert "models.unpublished.weights" in log
     assert "fetch_file" in out
     assert not (wd / "results/sources/models/unpublished/weights/unpublished.pt").exists()
+
+
+def test_urls_with_mirrors_redirects_and_csv_test_split_to_report(small_benchmark, tmp_path):
+    """From URLs to a report with the benchmarks' public layouts: RSICD-style (Karpathy JSON,
+    images zip behind a raw/ -> LFS redirect, transfer cut and resumed, published sha256) and
+    the same test split as a SkyScript-style CSV whose first URL fails (the mirror is used,
+    the archive has an extra top folder and another image folder name). The CSV gives the
+    same manifest, so both rows of the report hold the same numbers."""
+    from loopback import serve
+
+    doc = json.loads((small_benchmark / "dataset_demo.json").read_text())
+    test = [img for img in doc["images"] if img["split"] == "test"]
+    rows = "".join(
+        f'RSICD/imgs/{img["filename"]},"{s["raw"]}"\n' for img in test for s in img["sentences"]
+    )
+    with serve() as server, tempfile.TemporaryDirectory() as tmp:
+        lfs = Path(tmp) / "RSICD_images.zip"
+        with zipfile.ZipFile(lfs, "w") as zf:
+            for img in sorted((small_benchmark / "images").iterdir()):
+                zf.write(img, f"RSICD_images/{img.name}")
+        sky = Path(tmp) / "RSICD.zip"
+        with zipfile.ZipFile(sky, "w") as zf:
+            zf.writestr("benchmark/RSICD/RSICD_img_txt_pairs_test.csv", "filepath,title\n" + rows)
+            for img in test:
+                zf.write(
+                    small_benchmark / "images" / img["filename"],
+                    f"benchmark/RSICD/imgs/{img['filename']}",
+                )
+        raw = "/201528014227051/RSICD_optimal/raw/fc33b45/RSICD_images.zip"
+        storage = "/media.githubusercontent.com/lfs/RSICD_images.zip"
+        server.redirects[raw] = storage
+        server.files[storage] = lfs.read_bytes()
+        server.drop_after[storage] = len(server.files[storage]) // 3
+        server.files["/raw/dataset_rsicd.json"] = (
+            small_benchmark / "dataset_demo.json"
+        ).read_bytes()
+        server.files["/skyscript/RSICD.zip"] = sky.read_bytes()
+        torch.save(tiny_state_dict(41), Path(tmp) / "m.pt")
+        server.files["/m.pt"] = (Path(tmp) / "m.pt").read_bytes()
+        oid = hashlib.sha256(server.files[storage]).hexdigest()
+
+        wd = tmp_path / "wd"
+        wd.mkdir()
+        expected = {"test": {"images": len(test), "captions": 5 * len(test)}}
+        cfg = {
+            "datasets": {
+                "rsicd": {
+                    "format": "karpathy-json",
+                    "annotations": {"url": server.url("/raw/dataset_rsicd.json")},
+                    "images": {
+                        "url": server.url(raw),
+                        "sha256": oid,
+                        "size": len(server.files[storage]),
+                        "member": "RSICD_images",
+                    },
+                    "expected": expected,
+                },
+                "rsicd-csv": {
+                    "format": "csv",
+                    "published": "rsicd",
+                    "annotations": {
+                        "url": server.url("/down/RSICD.zip"),
+                        "member": "RSICD/RSICD_img_txt_pairs_test.csv",
+                        "mirrors": [server.url("/skyscript/RSICD.zip")],
+                    },
+                    "images": {
+                        "url": server.url("/down/RSICD.zip"),
+                        "mirrors": [server.url("/skyscript/RSICD.zip")],
+                    },
+                    "expected": expected,
+                },
+            },
+            "models": {"m": {"arch": str(TINY_ARCH), "weights": {"url": server.url("/m.pt")}}},
+            "classification": {"enabled": False},
+            "embed": {"batch_size": 32, "workers": 0, "device": "cpu"},
+        }
+        (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+        out = run_snakemake(wd)
+
+    with open(wd / "results/report/retrieval.csv", newline="") as fh:
+        by_dataset = {r["dataset"]: r for r in csv.DictReader(fh)}
+    assert set(by_dataset) == {"rsicd", "rsicd-csv"}
+    same = [k for k in by_dataset["rsicd"] if k not in ("dataset", "address", "manifest_address")]
+    assert [by_dataset["rsicd"][k] for k in same] == [by_dataset["rsicd-csv"][k] for k in same]
+    cols = ["image_key", "image_sha256", "caption_index", "caption"]
+    manifests = [
+        pq.read_table(wd / f"results/manifests/{d}/captions.parquet", columns=["split", *cols])
+        for d in ("rsicd", "rsicd-csv")
+    ]
+    json_test = [r for r in manifests[0].to_pylist() if r["split"] == "test"]
+    assert json_test == manifests[1].to_pylist()
+    assert server.ranged(storage)  # the cut transfer was resumed with Range
+    logs = wd / "results/logs/fetch/datasets"
+    csv_log = (logs / "rsicd-csv/annotations/RSICD_img_txt_pairs_test.csv.log").read_text()
+    assert "/down/RSICD.zip failed (" in csv_log and "trying the next mirror" in csv_log
+    lfs_log = (logs / "rsicd/images/RSICD_images.log").read_text()
+    assert re.search(r"MiB \(100%\), [\d.]+ MiB/s, done in", lfs_log), lfs_log
+    assert "MiB/s" in out  # progress reaches the terminal too
+    lock = yaml.safe_load((wd / "sources.lock.yaml").read_text())
+    assert "datasets.rsicd.annotations" in lock
+    assert f"datasets.rsicd-csv.images (mirror {server.url('/skyscript/RSICD.zip')})" in lock

@@ -55,12 +55,19 @@ def digest(obj: Any) -> str:
     return sha256_text(canonical_json(obj))
 
 
-def _hash_stream(path: Path) -> str:
-    h = hashlib.sha256()
+def hash_file(path: Path | str, algorithm: str = "sha256") -> tuple[str, int]:
+    """(hex digest, size in bytes) of a file's content, read in 1 MiB blocks, no memo."""
+    h = hashlib.new(algorithm)
+    size = 0
     with open(path, "rb") as fh:
         while block := fh.read(CHUNK):
             h.update(block)
-    return h.hexdigest()
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def _hash_stream(path: Path) -> str:
+    return hash_file(path)[0]
 
 
 class HashMemo:
@@ -243,6 +250,26 @@ def code_version(*modules: str, entry: str | None = ENTRY) -> str:
     return digest(parts)[:16]
 
 
+def fsync_dir(path: Path | str) -> None:
+    """Make a rename inside `path` durable (some filesystems refuse; that is harmless)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def publish(tmp: Path | str, dest: Path | str, mode: int | None = FILE_MODE) -> None:
+    """fsync a finished temporary file, rename it onto `dest` and make the rename durable."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.replace(tmp, dest)
+    fsync_dir(Path(dest).parent)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: Path | str, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success fsync and rename it into place.
@@ -256,10 +283,7 @@ def atomic_path(dest: Path | str, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp_path, FILE_MODE)
-        os.replace(tmp_path, dest)
+        publish(tmp_path, dest)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

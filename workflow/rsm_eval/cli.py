@@ -45,9 +45,18 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
     entry = dict(args.source)
     key = entry.pop("key", args.dest)
+    is_dir = bool(entry.pop("dir", False))
+    layout = sources.Layout.from_json(entry.pop("layout", None))
     source = sources.Source.from_config(key, entry)
     lock = sources.LockFile(Path(args.lock))
-    dest = sources.materialize(source, Path(args.dest), lock=lock, refresh_lock=args.refresh_lock)
+    dest = sources.materialize(
+        source,
+        Path(args.dest),
+        lock=lock,
+        refresh_lock=args.refresh_lock,
+        is_dir=is_dir,
+        layout=layout,
+    )
     print(f"{key}: ready at {dest}", file=sys.stderr)
 
 

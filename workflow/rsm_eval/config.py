@@ -8,7 +8,7 @@ schema are filled in so the rest of the package never guesses.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,17 @@ class SourceSpec:
     """A config source that a `fetch` job materialises at `dest` (or that is used in place)."""
 
     key: str  # config key, e.g. "models.rsm-clip.weights"
-    entry: dict[str, Any]  # the config mapping (url | path, sha256, size, member, instructions)
+    entry: dict[str, Any]  # the config mapping (url | path, mirrors, sha256, member, ...)
     dest: str  # local path the rest of the workflow reads
     is_dir: bool
+    # How the dataset reads it (sources.layout.Layout): lets a fetch job find the annotation
+    # file and image folder inside an archive by content.
+    layout: dict[str, Any] | None = None
 
     @property
     def fetched(self) -> bool:
         """True when a job must download or extract it; False for a plain manual path."""
-        return "url" in self.entry or "member" in self.entry
+        return any(k in self.entry for k in ("url", "member", "recipe"))
 
 
 @dataclass(frozen=True)
@@ -213,7 +216,7 @@ def _source_path(key: str, value: Any, is_dir: bool, sources: dict[str, SourceSp
     if isinstance(value, str):
         return value
     entry = dict(value)
-    if "url" in entry or "member" in entry:
+    if any(k in entry for k in ("url", "member", "recipe")):
         origin = entry.get("member") or entry.get("url") or entry.get("path")
         leaf = Path(origin.rstrip("/").split("?", 1)[0]).name or "data"
         dest = f"{SOURCES_DIR}/{key.replace('.', '/')}/{leaf}"
@@ -221,6 +224,23 @@ def _source_path(key: str, value: Any, is_dir: bool, sources: dict[str, SourceSp
         dest = entry["path"]
     sources[dest] = SourceSpec(key=key, entry=entry, dest=dest, is_dir=is_dir)
     return dest
+
+
+def _attach_layout(ds: Dataset, sources: dict[str, SourceSpec]) -> None:
+    """Tell a dataset's fetched sources how its annotations name its images."""
+    if ds.format not in ("karpathy-json", "csv"):
+        return
+    read = {
+        "format": ds.format,
+        "encoding": ds.encoding,
+        "separator": ds.csv_separator,
+        "columns": dict(ds.columns),
+    }
+    for dest, role in ((ds.annotations, "annotations"), (ds.images, "images")):
+        spec = sources.get(dest)
+        if spec is not None and spec.fetched:
+            extra = {"annotations": ds.annotations} if role == "images" else {}
+            sources[dest] = replace(spec, layout={"role": role, **read, **extra})
 
 
 def load(raw: dict[str, Any], source: str = "config") -> Config:
@@ -234,6 +254,7 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
         for fld, is_dir in (("annotations", False), ("images", True)):
             entry[fld] = _source_path(f"datasets.{name}.{fld}", entry[fld], is_dir, sources)
         datasets[name] = Dataset(name=name, **entry)
+        _attach_layout(datasets[name], sources)
     models = {}
     for name, entry in cfg["models"].items():
         entry = _resolve_model(name, entry, source)

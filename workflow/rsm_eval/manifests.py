@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import posixpath
 import re
 import warnings
 from collections import Counter, defaultdict
@@ -232,6 +233,25 @@ def _inspect_image(path: Path, key: str, max_pixels: int) -> tuple[int, int]:
     return w, h
 
 
+def _relative_to_root(rows: list[Row], root: Path) -> str:
+    """Make image names relative to the image folder; return the folder prefix removed.
+
+    A test-split CSV (SkyScript's) names images from its benchmark root ('RSICD/images/a.jpg')
+    where the Karpathy JSON names them from the image folder ('a.jpg'). When the names do not
+    resolve under root but do once their common leading folders are removed, those folders are
+    removed, so both give the same manifest. Every image is still checked to exist.
+    """
+    keys = list(dict.fromkeys(r.image_key.replace("\\", "/") for r in rows))
+    if not keys or all((root / k).is_file() for k in keys):
+        return ""
+    prefix = posixpath.commonpath([posixpath.dirname(k) for k in keys])
+    if not prefix or not all((root / k[len(prefix) + 1 :]).is_file() for k in keys):
+        return ""
+    for r in rows:
+        r.image_key = r.image_key.replace("\\", "/")[len(prefix) + 1 :]
+    return prefix
+
+
 def build(dataset: Dataset, *, threads: int = 4) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
     """Captions table, images table and validation summary for one dataset."""
     ann = Path(dataset.annotations)
@@ -248,6 +268,9 @@ def build(dataset: Dataset, *, threads: int = 4) -> tuple[pa.Table, pa.Table, di
         )
     if not root.is_dir():
         raise RsmEvalError(f"{root}: image directory of dataset {dataset.name!r} does not exist")
+    for r in rows:
+        _check_relative(r.where, r.image_key)
+    stripped = _relative_to_root(rows, root)
 
     # One split per image and known split names (a CSV lists an image once per caption).
     image_split: dict[str, str] = {}
@@ -359,6 +382,8 @@ def build(dataset: Dataset, *, threads: int = 4) -> tuple[pa.Table, pa.Table, di
         "quirks": dict(sorted(quirks.items())),
         "identical_content_groups": duplicate_groups[:50],
     }
+    if stripped:
+        summary["image_prefix_removed"] = stripped
     return captions, images, summary
 
 

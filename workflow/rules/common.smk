@@ -97,28 +97,20 @@ def used_paths():
 
 def check_manual_sources():
     """Stop before any job with one message listing every missing file the user must provide."""
-    missing = []
+    manual = []
     for key, path in used_paths():
         spec = CFG.sources.get(path)
-        if spec is not None and "url" in spec.entry:
-            continue  # a fetch job downloads it
-        src = spec.entry["path"] if spec is not None else path
         if spec is None and is_product(path):
             continue  # made by a rule (e.g. the demo)
-        if not os.path.exists(src):
-            origin = "a manual download" if spec is not None else "your own file"
-            instructions = spec.entry.get("instructions") if spec is not None else None
-            missing.append(
-                rsm_sources.MissingSource(
-                    key=key,
-                    origin=origin,
-                    put_at=Path(src).resolve(),
-                    instructions=instructions,
-                    reason="not found",
-                )
-            )
-    if missing:
-        raise WorkflowError(str(rsm_sources.MissingSourcesError(missing)))
+        entry = spec.entry if spec is not None else {"path": path}
+        try:
+            manual.append((rsm_sources.Source.from_config(key, entry), Path(path)))
+        except RsmEvalError as exc:
+            raise WorkflowError(str(exc))
+    try:
+        rsm_sources.check_available(manual)  # url sources are left to the fetch jobs
+    except RsmEvalError as exc:
+        raise WorkflowError(str(exc))
 
 
 # Not when Snakemake only inspects the workflow (--lint, --list-rules): no jobs, no data needed.
@@ -229,13 +221,20 @@ def fetch_constraint(is_dir):
 
 def fetch_spec(wildcards):
     spec = CFG.sources[f"{rsm_config.SOURCES_DIR}/{wildcards.source}"]
-    return json.dumps({"key": spec.key, **spec.entry}, sort_keys=True)
+    extra = {"dir": spec.is_dir, "layout": spec.layout}
+    return json.dumps({"key": spec.key, **spec.entry, **extra}, sort_keys=True)
 
 
 def fetch_inputs(wildcards):
-    """A manual archive (path + member) is read from where the user put it."""
+    """A manual archive (path + member) is read from where the user put it; an image folder
+    found by content needs its dataset's annotation file first."""
     spec = CFG.sources[f"{rsm_config.SOURCES_DIR}/{wildcards.source}"]
-    return [ancient(spec.entry["path"])] if "path" in spec.entry else []
+    files = [ancient(spec.entry["path"])] if "path" in spec.entry else []
+    if spec.layout and spec.layout.get("annotations"):
+        annotations = source(spec.layout["annotations"])
+        if annotations:
+            files.append(annotations)
+    return files
 
 
 STATS = CFG.raw["statistics"]

@@ -1,5 +1,6 @@
 # Download or extract every source given as a URL or an archive, verified by sha256 (from
-# config, or locked in the sources lock file on first use). Plain local paths are read in place.
+# config, or locked in the sources lock file on first use), trying each mirror in turn.
+# Plain local paths are read in place. Progress goes to the job log and to the terminal.
 
 
 rule fetch_file:
@@ -19,7 +20,7 @@ rule fetch_file:
         refresh="--refresh-lock" if CFG.raw["refresh_lock"] else "",
     shell:
         "python -m rsm_eval fetch --source {params.spec:q} --dest {output:q}"
-        " --lock {params.lock:q} {params.refresh} 2> {log:q}"
+        " --lock {params.lock:q} {params.refresh} 2>&1 | tee {log:q} >&2"
 
 
 rule fetch_dir:
@@ -39,4 +40,4 @@ rule fetch_dir:
         refresh="--refresh-lock" if CFG.raw["refresh_lock"] else "",
     shell:
         "python -m rsm_eval fetch --source {params.spec:q} --dest {output:q}"
-        " --lock {params.lock:q} {params.refresh} 2> {log:q}"
+        " --lock {params.lock:q} {params.refresh} 2>&1 | tee {log:q} >&2"

@@ -18,8 +18,16 @@ PYTHON = "3.11"
 # Which pinned packages each kind of step imports.
 ENVS = {
     "data": {
-        "doc": "Light data steps (demo, manifests, evaluate, report): no torch.",
-        "packages": ["numpy", "pandas", "pyarrow", "pillow", "pyyaml", "jsonschema"],
+        "doc": "Light data steps (fetch, demo, manifests, evaluate, report): no torch.",
+        "packages": [
+            "numpy",
+            "pandas",
+            "pyarrow",
+            "pillow",
+            "pyyaml",
+            "jsonschema",
+            "libarchive-c",
+        ],
     },
     "torch": {
         "doc": "Embedding steps: torch (CUDA wheels), torchvision and open_clip.",
