@@ -100,9 +100,7 @@ def validate(
             if q.image not in sizes:
                 p = images_dir / q.image
                 if not p.is_file():
-                    raise RsmEvalError(
-                        f"query {q.index} ({q.caption!r}): scene {p} not found"
-                    )
+                    raise RsmEvalError(f"query {q.index} ({q.caption!r}): scene {p} not found")
                 sizes[q.image] = image_size(p)
     finally:
         Image.MAX_IMAGE_PIXELS = previous

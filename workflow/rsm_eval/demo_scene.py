@@ -8,7 +8,6 @@ one region or several. Deterministic for a seed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +63,9 @@ def render_scene(width: int, height: int, seed: int) -> tuple[np.ndarray, dict]:
     return img, objects
 
 
-def generate(out: Path | str, *, seed: int = 0, n_scenes: int = 1, width: int = 1536,
-             height: int = 1024) -> dict[str, Any]:
+def generate(
+    out: Path | str, *, seed: int = 0, n_scenes: int = 1, width: int = 1536, height: int = 1024
+) -> dict[str, Any]:
     """Write the scenes and anno.json; returns the annotation list."""
     out = Path(out)
     (out / "imgs").mkdir(parents=True, exist_ok=True)

@@ -69,8 +69,10 @@ class _Embedder:
     def net(self) -> models.Loaded:
         if self.loaded is None:
             self.device = models.choose_device(self.device_pref)
-            print(f"model {self.model.name}: address {self.address}, device {self.device}",
-                  file=sys.stderr)
+            print(
+                f"model {self.model.name}: address {self.address}, device {self.device}",
+                file=sys.stderr,
+            )
             self.loaded = models.build(self.model, self.device)
         return self.loaded
 
@@ -115,8 +117,14 @@ class _Embedder:
             self.computed["texts"] += len(missing)
             writer = embeddings._ChunkWriter(self.texts, len(missing), 2048, "captions")
             embeddings._embed_texts(
-                self.net(), [text_of[k] for k in missing], missing, writer, self.device,
-                self.batch_size, 0, False,
+                self.net(),
+                [text_of[k] for k in missing],
+                missing,
+                writer,
+                self.device,
+                self.batch_size,
+                0,
+                False,
             )
 
         unique = list(dict.fromkeys(keys))
@@ -125,20 +133,32 @@ class _Embedder:
         return feats[[pos[k] for k in keys]]
 
 
-def query_record(layout: selo_maps.Layout, scores: np.ndarray, query: airslt.Query,
-                 params: dict) -> tuple[dict[str, Any], np.ndarray]:
+def query_record(
+    layout: selo_maps.Layout, scores: np.ndarray, query: airslt.Query, params: dict
+) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics of one query from its crop scores (cosine per window), and its uint8 map."""
     gray, flat = selo_maps.probability_map(
         layout, scores, median=params["median_blur"], jpeg_quality=params["probmap_jpeg_quality"]
     )
-    record = {"query": query.index, "caption": query.caption, "image": query.image,
-              "n_regions": len(query.polygons), "flat_map": flat,
-              **selo_metrics.evaluate(gray, query.polygons)}
+    record = {
+        "query": query.index,
+        "caption": query.caption,
+        "image": query.image,
+        "n_regions": len(query.polygons),
+        "flat_map": flat,
+        **selo_metrics.evaluate(gray, query.polygons),
+    }
     return record, gray
 
 
-def figure(scene_bgr: np.ndarray, gray: np.ndarray, record: dict, polygons: list, dest: Path,
-           max_side: int = 900) -> None:
+def figure(
+    scene_bgr: np.ndarray,
+    gray: np.ndarray,
+    record: dict,
+    polygons: list,
+    dest: Path,
+    max_side: int = 900,
+) -> None:
     """The heat map over its scene (the reference's JET overlay, 0.7 / 0.3), the annotated
     polygons (green), the regions' circles (yellow) and the predicted centres (white)."""
     import cv2
@@ -147,17 +167,18 @@ def figure(scene_bgr: np.ndarray, gray: np.ndarray, record: dict, polygons: list
     scale = min(1.0, max_side / max(h, w))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     small = cv2.resize(scene_bgr, size, interpolation=cv2.INTER_AREA)
-    heat = cv2.applyColorMap(cv2.resize(gray, size, interpolation=cv2.INTER_AREA),
-                             cv2.COLORMAP_JET)
+    heat = cv2.applyColorMap(cv2.resize(gray, size, interpolation=cv2.INTER_AREA), cv2.COLORMAP_JET)
     img = cv2.addWeighted(small, 0.7, heat, 0.3, 0)
     pts = [np.round(np.array(p, dtype=np.float64) * scale).astype(np.int32) for p in polygons]
     cv2.polylines(img, pts, isClosed=True, color=(0, 255, 0), thickness=2)
     for x, y, r in record["circles"]:
-        cv2.circle(img, (round(x * scale), round(y * scale)), max(1, round(r * scale)),
-                   (0, 255, 255), 1)
+        cv2.circle(
+            img, (round(x * scale), round(y * scale)), max(1, round(r * scale)), (0, 255, 255), 1
+        )
     for x, y in record["centres"]:
-        cv2.drawMarker(img, (round(x * scale), round(y * scale)), (255, 255, 255),
-                       cv2.MARKER_CROSS, 14, 2)
+        cv2.drawMarker(
+            img, (round(x * scale), round(y * scale)), (255, 255, 255), cv2.MARKER_CROSS, 14, 2
+        )
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise RsmEvalError(f"{dest}: cannot encode the figure")
@@ -184,6 +205,7 @@ def run(
     level: float = 0.95,
     threads: int | None = None,
     code: str = "",
+    published: str = "",
 ) -> dict[str, Any]:
     """Localize every query of the dataset with one model; write the record and figures."""
     if threads:
@@ -215,8 +237,16 @@ def run(
         ts = time.monotonic()
         feats = emb.crops(scene, layout.boxes.tolist(), keys, spec)
         t_crops += time.monotonic() - ts
-        scenes.append({"image": name, "sha256": sha, "width": w, "height": h,
-                       "windows": len(keys), "cells": int(layout.counts.size)})
+        scenes.append(
+            {
+                "image": name,
+                "sha256": sha,
+                "width": w,
+                "height": h,
+                "windows": len(keys),
+                "cells": int(layout.counts.size),
+            }
+        )
         bgr = None
         for q in qs:
             ts = time.monotonic()
@@ -228,8 +258,10 @@ def run(
                 dest = figures_dir / f"query-{q.index:03d}.png"
                 figure(bgr, gray, record, q.polygons, dest)
                 figures.append({"query": q.index, "file": dest.name})
-            print(f"query {q.index} ({name}): " + ", ".join(f"{m} {record[m]:.4f}" for m in METRICS),
-                  file=sys.stderr)
+            print(
+                f"query {q.index} ({name}): " + ", ".join(f"{m} {record[m]:.4f}" for m in METRICS),
+                file=sys.stderr,
+            )
         del bgr
     rows.sort(key=lambda r: r["query"])
     overall = {m: bootstrap([r[m] for r in rows], n_resamples, seed, level) for m in METRICS}
@@ -241,6 +273,7 @@ def run(
         "model_published": model.published,
         "model_address": emb.address,
         "dataset": dataset,
+        "dataset_published": published or dataset,
         "device": emb.device,
         "params": params,
         "crop_spec": spec,
@@ -248,14 +281,18 @@ def run(
         "windows": sum(s["windows"] for s in scenes),
         "crops_computed": emb.computed["crops"],
         "texts_computed": emb.computed["texts"],
-        "seconds": {"texts": round(t_text - t0, 3), "crops": round(t_crops, 3),
-                    "maps_and_metrics": round(t_maps, 3),
-                    "total": round(time.monotonic() - t0, 3)},
+        "seconds": {
+            "texts": round(t_text - t0, 3),
+            "crops": round(t_crops, 3),
+            "maps_and_metrics": round(t_maps, 3),
+            "total": round(time.monotonic() - t0, 3),
+        },
         "bootstrap": {"n_resamples": n_resamples, "seed": seed, "level": level},
         "metrics": overall,
         "scenes": scenes,
         "queries": rows,
         "figures": figures,
+        "figures_dir": str(figures_dir),
     }
     cas.write_json_atomic(out, record)
     return record

@@ -116,10 +116,12 @@ def probability_map(
         raise RsmEvalError(
             f"scores: expected {len(layout.boxes)} finite values, got shape {scores.shape}"
         )
+    # Equal scores would leave only rounding noise to normalise (or 0 / 0): a zero map.
+    flat = bool(np.ptp(scores) == 0)
     heat = layout.accumulate(scores) / layout.counts
     adaptive = heat - np.min(heat)
     top = np.max(adaptive)
-    flat = not top > 0
+    flat = flat or not top > 0
     cells = np.zeros(heat.shape, np.uint8) if flat else np.uint8(255 * (adaptive / top))
     gray = layout.expand(cells)
     if median:

@@ -61,7 +61,9 @@ class Circle:
 def _check_map(gray: Any) -> np.ndarray:
     gray = np.asarray(gray)
     if gray.dtype != np.uint8 or gray.ndim != 2:
-        raise RsmEvalError(f"probability map: expected a 2-D uint8 array, got {gray.dtype} {gray.shape}")
+        raise RsmEvalError(
+            f"probability map: expected a 2-D uint8 array, got {gray.dtype} {gray.shape}"
+        )
     return gray
 
 
@@ -129,7 +131,9 @@ def _dist(circle: Circle, p: tuple[int, int]) -> float:
     return float(np.linalg.norm(np.array([circle.x, circle.y]) - np.array(p)))
 
 
-def ras(circles: list[Circle], centres: list[tuple[int, int]], *, beta: float = RAS_SCALE_BETA) -> float:
+def ras(
+    circles: list[Circle], centres: list[tuple[int, int]], *, beta: float = RAS_SCALE_BETA
+) -> float:
     """Attention shift: mean normalised offset of the centres within each region, scaled."""
     if not circles:
         raise RsmEvalError("Ras: no annotated region")
@@ -161,7 +165,9 @@ def rda(circles: list[Circle], centres: list[tuple[int, int]], *, eta: float = R
     return float(np.mean(values))
 
 
-def rmi(rsu_: float, ras_: float, rda_: float, weights: tuple[float, float, float] = RMI_WEIGHTS) -> float:
+def rmi(
+    rsu_: float, ras_: float, rda_: float, weights: tuple[float, float, float] = RMI_WEIGHTS
+) -> float:
     w_su, w_as, w_da = weights
     return w_su * rsu_ + w_as * (1 - ras_) + w_da * rda_
 

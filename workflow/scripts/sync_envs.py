@@ -19,7 +19,15 @@ PYTHON = "3.11"
 ENVS = {
     "data": {
         "doc": "Light data steps (demo, manifests, evaluate, report): no torch.",
-        "packages": ["numpy", "pandas", "pyarrow", "pillow", "pyyaml", "jsonschema"],
+        "packages": [
+            "numpy",
+            "pandas",
+            "pyarrow",
+            "pillow",
+            "pyyaml",
+            "jsonschema",
+            "opencv-python-headless",
+        ],
     },
     "torch": {
         "doc": "Embedding steps: torch (CUDA wheels), torchvision and open_clip.",
@@ -33,6 +41,8 @@ ENVS = {
             "torch",
             "torchvision",
             "open_clip_torch",
+            "scipy",
+            "opencv-python-headless",
         ],
     },
 }
