@@ -209,6 +209,22 @@ def test_stage_embeds_each_crop_and_caption_once(scene_dir, tmp_path, tiny_arch)
     assert second["queries"][:3] == first["queries"]
     assert second["queries"][3]["caption"] == "a lake of dark water"
 
+    from rsm_eval.localize_report import localization_section
+
+    geo = {
+        **second,
+        "model": "geo",
+        "model_published": {"model": "GeoRSCLIP", "backbone": "ViT-B-32"},
+        "dataset_published": "air-slt",
+    }
+    section = localization_section([second, geo], tmp_path)
+    assert section.title == "Semantic localization"
+    assert section.html.count('<img src="data:image/png;base64,') == 6
+    assert "](fb/query-000.png)" in section.md  # relative to the report directory
+    assert "RSM-CLIP (ICONIP 2024) Table 3" in section.md and "RS5M README" in section.md
+    assert "0.7546" in section.md and "0.7556" in section.md  # GeoRSCLIP's two published rows
+    assert "No evaluated model" not in section.md
+
     third = localize.run(
         model, anno2, scene_dir / "imgs", tmp_path / "c.json", tmp_path / "fc", **kw
     )

@@ -209,9 +209,11 @@ def run(
 ) -> dict[str, Any]:
     """Localize every query of the dataset with one model; write the record and figures."""
     if threads:
+        import cv2
         import torch
 
         torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
     t0 = time.monotonic()
     params = {**DEFAULT_PARAMS, **(params or {})}
     queries = airslt.load_queries(annotations)
