@@ -98,3 +98,15 @@ def test_overlapping_training_set_is_refused_by_default(demo, tmp_path):
     assert "airport_33.tif" in log or "overlap" in log.lower(), log[-2000:]
     assert "fine-tune" in out.lower() or "finetune" in out
     assert not (wd / "results/finetune/tiny-finetuned/model.pt").exists()
+
+
+def test_localization_of_the_generated_scene(demo):
+    for model in ("tiny-seed0", "tiny-finetuned"):
+        rec = json.loads((demo / f"results/localization/{model}/demo-slt/metrics.json").read_text())
+        assert rec["counts"] == {"images": 1, "queries": 3, "polygons": 4}
+        assert rec["windows"] == rec["crops_computed"] == 63
+        assert {f["file"] for f in rec["figures"]} == {f"query-00{i}.png" for i in range(3)}
+    md = (demo / "results/report/report.md").read_text()
+    assert "## Semantic localization" in md and "tiny-finetuned" in md
+    html = (demo / "results/report/report.html").read_text()
+    assert html.count('<img src="data:image/png;base64,') >= 6

@@ -172,6 +172,44 @@ def cmd_classify(args: argparse.Namespace) -> None:
     print(f"top1 {record.get('top1')} top5 {record.get('top5')}", file=sys.stderr)
 
 
+def cmd_localize(args: argparse.Namespace) -> None:
+    from . import gpus, localize
+
+    spec = args.dataset
+    with gpus.claim_device(args.device) as device:
+        record = localize.run(
+            Model(**args.model),
+            Path(spec["annotations"]),
+            Path(spec["images"]),
+            Path(args.out),
+            Path(args.figures),
+            dataset=spec["name"],
+            cache_dir=Path(args.cache_dir),
+            device=device,
+            batch_size=args.batch_size,
+            params=spec.get("params"),
+            expected=spec.get("expected"),
+            n_figures=spec.get("figures", 3),
+            n_resamples=args.n_resamples,
+            seed=args.seed,
+            level=args.level,
+            threads=args.threads,
+            code=args.code,
+            published=spec.get("published", ""),
+        )
+    print(
+        ", ".join(f"{m} {record['metrics'][m]['mean']:.4f}" for m in localize.METRICS),
+        file=sys.stderr,
+    )
+
+
+def cmd_demo_scene(args: argparse.Namespace) -> None:
+    from .demo_scene import generate
+
+    info = generate(Path(args.out), seed=args.seed, width=args.width, height=args.height)
+    print(json.dumps(info), file=sys.stderr)
+
+
 def cmd_finetune(args: argparse.Namespace) -> None:
     from . import finetune, gpus
 
@@ -247,6 +285,11 @@ def cmd_report(args: argparse.Namespace) -> None:
     if args.finetunes:
         trained = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.finetunes]
         extra.insert(0, report.finetune_section(trained, records))
+    if args.localization:
+        from .localize_report import localization_section
+
+        located = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.localization]
+        extra.append(localization_section(located, Path(args.out_dir)))
     if args.classification:
         classified = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.classification]
         extra.append(report.classification_section(classified))
@@ -487,6 +530,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_finetune)
 
+    p = sub.add_parser("localize", help="semantic localization (AIR-SLT) of one model")
+    p.add_argument("--model", type=_json_arg, required=True, help="model entry as JSON")
+    p.add_argument(
+        "--dataset",
+        type=_json_arg,
+        required=True,
+        help='{"name", "annotations", "images", "expected", "params", "figures"}',
+    )
+    p.add_argument("--out", required=True, help="record (JSON) to write")
+    p.add_argument("--figures", required=True, help="directory for the heat-map PNGs")
+    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--code", default="")
+    _add_bootstrap_args(p)
+    p.set_defaults(func=cmd_localize)
+
+    p = sub.add_parser("demo-scene", help="generate the demo's semantic-localization scene")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=1536)
+    p.add_argument("--height", type=int, default=1024)
+    p.set_defaults(func=cmd_demo_scene)
+
     p = sub.add_parser("compare", help="paired bootstrap between models on the same split")
     p.add_argument("--metrics", nargs="+", required=True, help="evaluate stage records")
     p.add_argument("--out", required=True)
@@ -545,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean-metrics", nargs="*", default=[], help="leakage-cleaned records")
     p.add_argument("--classification", nargs="*", default=[], help="classify stage records")
     p.add_argument("--finetunes", nargs="*", default=[], help="finetune stage records")
+    p.add_argument("--localization", nargs="*", default=[], help="localize stage records")
     p.add_argument("--image-roots", type=_json_arg, default={}, help="{dataset: image dir}")
     p.set_defaults(func=cmd_report)
     return parser

@@ -115,6 +115,8 @@ class Config:
     embed: dict[str, Any]
     sources: dict[str, SourceSpec] = field(default_factory=dict)
     finetunes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Semantic localization: {"datasets": {name: entry with local paths}, "models": [...]}.
+    localization: dict[str, Any] = field(default_factory=dict)
 
     def model_datasets(self) -> list[tuple[str, str]]:
         """Distinct (model, dataset) pairs that need features."""
@@ -291,6 +293,7 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
                 f"{source}: leakage.train.{i}.dataset: unknown dataset {t['dataset']!r} "
                 f"(configured: {', '.join(datasets)})"
             )
+    localization = _localization(cfg.get("localization"), models, sources, source)
     if "evaluations" in cfg:
         evaluations = []
         for i, ev in enumerate(cfg["evaluations"]):
@@ -321,7 +324,46 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
         embed=cfg["embed"],
         sources=sources,
         finetunes=finetunes,
+        localization=localization,
     )
+
+
+def _localization(
+    loc: dict[str, Any] | None,
+    models: dict[str, Model],
+    sources: dict[str, SourceSpec],
+    source: str,
+) -> dict[str, Any]:
+    """The `localization` section with local paths for its sources and its models checked."""
+    if not loc:
+        return {}
+    datasets = {}
+    for name, entry in loc["datasets"].items():
+        entry = dict(entry)
+        entry.setdefault("published", name)
+        where = f"{source}: localization.datasets.{name}"
+        if "root" in entry:
+            if "annotations" in entry or "images" in entry:
+                raise RsmEvalError(f"{where}: give either 'root' or 'annotations' and 'images'")
+            root = _source_path(f"localization.datasets.{name}.root", entry["root"], True, sources)
+            entry.update(
+                root=root, annotations=f"{root}/annotations/anno.json", images=f"{root}/imgs"
+            )
+        elif "annotations" in entry and "images" in entry:
+            for fld, is_dir in (("annotations", False), ("images", True)):
+                key = f"localization.datasets.{name}.{fld}"
+                entry[fld] = _source_path(key, entry[fld], is_dir, sources)
+        else:
+            raise RsmEvalError(f"{where}: needs 'root', or both 'annotations' and 'images'")
+        datasets[name] = entry
+    chosen = loc.get("models", list(models))
+    for i, name in enumerate(chosen):
+        if name not in models:
+            raise RsmEvalError(
+                f"{source}: localization.models.{i}: unknown model {name!r} "
+                f"(configured: {', '.join(models)})"
+            )
+    return {"datasets": datasets, "models": list(dict.fromkeys(chosen))}
 
 
 def load_file(path: Path | str) -> Config:

@@ -54,6 +54,8 @@ CODE = {
         "leakage": "leakage",
         "finetune": "finetune",
         "classify": "classify",
+        "localize": "localize",
+        "localize_report": "localize_report",
     }.items()
 }
 
@@ -86,7 +88,11 @@ def used_paths():
         ds = CFG.datasets[name]
         out += [(f"datasets.{name}.annotations", ds.annotations)]
         out += [(f"datasets.{name}.images", ds.images)]
-    for name in sorted({e.model for e in CFG.evaluations}):
+    for name, ds in sorted((CFG.localization.get("datasets") or {}).items()):
+        for fld in ("root",) if "root" in ds else ("annotations", "images"):
+            out += [(f"localization.datasets.{name}.{fld}", ds[fld])]
+    localized = set(CFG.localization.get("models") or [])
+    for name in sorted({e.model for e in CFG.evaluations} | localized):
         m = CFG.models[name]
         if m.weights is not None:
             out.append((f"models.{name}.weights", m.weights))
@@ -342,3 +348,45 @@ REPORT_FILES = [
     "results/report/report.html",
     "results/report/provenance.json",
 ]
+
+
+# Semantic localization (optional config section `localization`).
+LOC = CFG.localization
+LOC_RAW = CFG.raw.get("localization") or {}
+LOCALIZATION_FILES = [
+    f"results/localization/{m}/{d}/metrics.json"
+    for d in LOC.get("datasets", {})
+    for m in LOC.get("models", [])
+]
+LOC_PARAMS = (
+    "windows",
+    "crop_size",
+    "crop_jpeg_quality",
+    "median_blur",
+    "probmap_jpeg_quality",
+)
+
+
+def localization_dataset_json(name):
+    ds = LOC["datasets"][name]
+    return json.dumps(
+        {
+            "name": name,
+            "annotations": ds["annotations"],
+            "images": ds["images"],
+            "expected": ds.get("expected", {}),
+            "published": ds["published"],
+            "figures": LOC_RAW["figures"],
+            "params": {k: LOC_RAW[k] for k in LOC_PARAMS},
+        },
+        sort_keys=True,
+    )
+
+
+def localization_paths(name):
+    ds = LOC["datasets"][name]
+    return [ds["root"]] if "root" in ds else [ds["annotations"], ds["images"]]
+
+
+def localization_inputs(name):
+    return [source(p) for p in localization_paths(name)]

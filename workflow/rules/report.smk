@@ -10,6 +10,7 @@ rule report:
         clean=CLEAN_METRICS_FILES,
         classification=CLASSIFICATION_FILES,
         finetunes=FINETUNE_RECORDS,
+        localization=LOCALIZATION_FILES,
     output:
         csv=report(
             "results/report/retrieval.csv",
@@ -37,11 +38,12 @@ rule report:
             else ""
         ),
         code=CODE["report"],
+        localization_code=CODE["localize_report"],
     shell:
         "python -m rsm_eval report --metrics {input.metrics:q}"
         " --summaries {input.summaries:q} --out-dir results/report"
         " --workflow-root {params.root:q} --published-keys {params.published:q}"
         " --tolerance {params.tolerance} --paired {input.paired:q}"
         " --clean-metrics {input.clean:q} --classification {input.classification:q}"
-        " --finetunes {input.finetunes:q}"
+        " --finetunes {input.finetunes:q} --localization {input.localization:q}"
         " {params.leakage} 2> {log:q}"

@@ -27,6 +27,7 @@ ENVS = {
             "pyyaml",
             "jsonschema",
             "libarchive-c",
+            "opencv-python-headless",
         ],
     },
     "torch": {
@@ -41,6 +42,8 @@ ENVS = {
             "torch",
             "torchvision",
             "open_clip_torch",
+            "scipy",
+            "opencv-python-headless",
         ],
     },
 }
