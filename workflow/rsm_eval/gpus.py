@@ -271,14 +271,17 @@ def plan_cpu(
     """
     avail = usable_cpus() if usable is None else usable
     slurm = slurm_cpus(env)
-    bound, source = (min(avail, slurm), "SLURM allocation") if slurm else (avail, "usable CPUs")
-    if threads is None:
-        budget = bound
-    else:
+    parts = [f"usable {avail}"]
+    budget = avail
+    if slurm:
+        parts.append(f"SLURM allocation {slurm}")
+        budget = min(budget, slurm)
+    if threads is not None:
         if threads < 1:
             raise RsmEvalError(f"threads: expected an integer >= 1, got {threads}")
-        budget = min(threads, bound)
-        source = "job threads" if threads <= bound else f"job threads {threads}, {source}"
+        parts.insert(0, f"job threads {threads}")
+        budget = min(budget, threads)
+    source = ", ".join(parts)
     spare = max(0, budget - 1)
     if device.startswith("cuda"):
         n_workers = spare if workers is None else min(workers, spare)
