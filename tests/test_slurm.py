@@ -2,9 +2,10 @@
 
 A single-node cluster (tests/slurm_cluster.py) runs on this machine for the module; the
 workflow is submitted with `--profile profiles/slurm` exactly as the README says, each job
-goes through sbatch, and `sacct` shows them. The report must equal a local run's. The SLURM run shards the dataset (embed.shards 2):
-each model's embedding runs as 2 GPU jobs and the leakage audit's image hashing as 2 jobs,
-and the gathered feature and hash tables equal the unsharded local run's bit for bit.
+goes through sbatch, and `sacct` shows them. The report must equal a local run's. The SLURM
+run shards the dataset (embed.shards 2): each model's embedding runs as 2 GPU jobs and the
+leakage audit's image hashing as 2 jobs, and the gathered feature and hash tables equal the
+unsharded local run's bit for bit.
 
 Needs the Debian packages in slurm_cluster.PACKAGES and root. Without them the test is
 skipped, except under CI=true, where it fails: CI must run it (.ci/run installs them).

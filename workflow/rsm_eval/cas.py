@@ -201,7 +201,7 @@ def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
                 todo.extend(c for c in children if isinstance(c, ast.AST))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parsed_imports(
     name: str, path: Path, top_level_only: bool, _mtime_ns: int, _size: int
 ) -> frozenset[str]:
