@@ -388,9 +388,14 @@ REPORT_FILES = [
 def model_threads():
     if CFG.embed["threads"]:
         return CFG.embed["threads"]
+    try:
+        cores = workflow.cores
+    except WorkflowError:
+        # A cluster run without --cores: the profile's set-threads sizes each job.
+        cores = 1
     gpu = workflow.global_resources.get("gpu")
     n_gpus = getattr(gpu, "value", gpu) or 1
-    return max(1, (workflow.cores or 1) // n_gpus)
+    return max(1, (cores or 1) // n_gpus)
 
 
 MODEL_THREADS = model_threads()
