@@ -87,7 +87,7 @@ def snakemake(workdir: Path, *extra: str, env: dict[str, str]) -> subprocess.Pop
     return proc
 
 
-def finish(proc: subprocess.Popen, workdir: Path, timeout: float = 600) -> str:
+def finish(proc: subprocess.Popen, workdir: Path, timeout: float = 1500) -> str:
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
