@@ -57,6 +57,8 @@ def test_cpu_plan_uses_what_slurm_allocates():
     assert "SLURM" in plan.source
     assert gpus.slurm_cpus({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "4"}) == 4
     assert gpus.slurm_cpus({"SLURM_JOB_ID": "7", "SLURM_JOB_CPUS_PER_NODE": "6(x2)"}) == 6
+    # A job step whose launcher cleared the job's variables still has SLURM_CPUS_ON_NODE.
+    assert gpus.slurm_cpus({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "8"}) == 8
     assert gpus.slurm_cpus({}) is None
 
 

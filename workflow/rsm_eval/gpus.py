@@ -203,7 +203,8 @@ def slurm_cpus(env: dict[str, str] | None = None) -> int | None:
     """CPUs SLURM allocated to this job on this node, or None outside a SLURM job.
 
     SLURM_CPUS_PER_TASK (`--cpus-per-task`), else SLURM_CPUS_PER_GPU x the GPUs of the job
-    (`--cpus-per-gpu`), else SLURM_JOB_CPUS_PER_NODE (like `4` or `4(x2)`).
+    (`--cpus-per-gpu`), else SLURM_JOB_CPUS_PER_NODE (like `4` or `4(x2)`), else
+    SLURM_CPUS_ON_NODE.
     """
     env = os.environ if env is None else env
     if not env.get("SLURM_JOB_ID"):
@@ -222,7 +223,9 @@ def slurm_cpus(env: dict[str, str] | None = None) -> int | None:
         visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
         count = number(gpus.split(":")[-1]) or len(visible) or 1
         return per_gpu * count
-    return number(env.get("SLURM_JOB_CPUS_PER_NODE"))
+    # SLURM_CPUS_ON_NODE: what slurmd allocated here; the only one left in a job step whose
+    # launcher cleared the job's SLURM_* variables (the executor plugin's inner srun does).
+    return number(env.get("SLURM_JOB_CPUS_PER_NODE")) or number(env.get("SLURM_CPUS_ON_NODE"))
 
 
 def usable_cpus() -> int:
