@@ -1,27 +1,33 @@
-"""Target 2: cold evaluation of one model on an RSICD-shaped test split takes at most half the
-wall time of a straightforward re-implementation of the seed's loop.
+"""Target 2: a cold evaluation of one model on an RSICD-shaped test split, run the way users
+run it (`snakemake --cores <all>`), takes at most 0.3x the wall time of a faithful
+re-implementation of the seed's loop, and its embed job runs at >= 90% of the bare forward
+rate.
 
-Baseline (the seed's loop, re-implemented plainly): build the model, decode and embed every
-test image in file-name order (through a DataLoader with the same workers as ours, as
-RemoteCLIP's evaluation does), embed every caption (duplicates included) at CLIP's full 77
-tokens, one dense score matrix, and RemoteCLIP's per-query loop (argsort each query's scores,
-find the positives' positions).
+Baseline (the seed's loop, RemoteCLIP's retrieval.py re-implemented plainly, run as its own
+process, benchmarks/seed_loop.py, timed from outside with its start-up and imports, all
+torch threads): build the model, decode and embed every test image in
+file-name order through a DataLoader, embed every caption (duplicates included) at CLIP's
+full 77 tokens, one dense score matrix, and RemoteCLIP's per-query loop (argsort each query's
+scores, find the positives' positions).
 
-Ours (the pipeline's library calls, cold: empty feature store and hash memo): manifest
-(validation decodes every image and hashes it), `embed_split` (identical captions once, text
-context trimming, length-sorted batches), `evaluate` (blockwise exact ranks, bootstrap CI).
+Ours: `snakemake --cores <usable cores>` in a fresh directory with a one-model, one-dataset
+config (fresh results, feature store and hash memo), timed from outside: every job of the
+default target (manifest, embed, evaluate, paired statistics, report), with Snakemake's own
+start-up and each job's interpreter start-up. The embed job's image rate is read from its log
+and compared with the bare forward rate (`encode_image` on decoded batches in memory, all
+torch threads) measured just before and just after the Snakemake run.
 
-Same model, data, batch size and machine; measured one after the other in one process.
-Default: ViT-B-32 (QuickGELU; random weights cost the same as trained ones) on RSICD's test
-split scaled by 1/8 (137 images, 685 captions, 418 distinct), so the image/text cost mix is
-the real model's; `run.py --eval-scale 1 --layers 2` runs the full-size split with a reduced
-model instead (fewer layers over-weight the patch embedding and per-op overheads).
+Default: ViT-B-32 (QuickGELU; random weights cost the same as trained ones) on a full-size
+RSICD-shaped test split (1,093 images, 5,465 captions, 3,331 distinct).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import common
@@ -31,7 +37,8 @@ import torch.nn.functional as F
 from common import Benchmark, Report, Timer, Verdict
 from PIL import Image
 
-GOAL = 0.5
+GOAL = 0.3
+RATE_GOAL = 0.9
 KS = (1, 5, 10)
 
 
@@ -108,67 +115,111 @@ def baseline(model_cfg, data: Benchmark, batch_size: int, workers: int) -> tuple
     return metrics, parts
 
 
-def ours(model_cfg, data: Benchmark, work: Path, batch_size: int, workers: int):
-    """The pipeline's stages, cold. Returns (metrics, seconds per phase, EmbedResult)."""
-    from rsm_eval import cas, embeddings, evaluate, manifests
+def bare_rate(model_cfg, data: Benchmark, batch_size: int, n: int = 128) -> float:
+    """Images/s of `model.encode_image` alone, on decoded batches in memory, with all of this
+    process's torch threads (what the embed job gets from `snakemake --cores <all>`)."""
+    from rsm_eval import models
 
-    os.environ[cas.MEMO_ENV] = str(work / "hash-memo.sqlite")  # cold: nothing hashed yet
-    cas._MEMO = None
-    parts: dict[str, float] = {}
-    caps = work / "captions.parquet"
-    with Timer() as t:
-        manifests.write(
-            common.dataset(data), caps, work / "images.parquet", work / "summary.json", "bench"
-        )
-    parts["manifest (decode + sha256 all images)"] = t.seconds
-
-    # Phase timings inside embed_split, by wrapping its two loops (not changing them).
-    inner: dict[str, float] = {}
-    originals = embeddings._embed_images, embeddings._embed_texts
-
-    def timed(fn, label):
-        def wrapper(*args, **kwargs):
-            with Timer() as tt:
-                fn(*args, **kwargs)
-            inner[label] = inner.get(label, 0.0) + tt.seconds
-
-        return wrapper
-
-    embeddings._embed_images = timed(originals[0], "images")
-    embeddings._embed_texts = timed(originals[1], "captions (distinct, trimmed)")
-    try:
-        fi, ft = work / "f_images.parquet", work / "f_texts.parquet"
+    loaded = models.build(model_cfg, "cpu")
+    paths = sorted(data.images.iterdir())[:n]
+    x = [loaded.preprocess(Image.open(p).convert("RGB")) for p in paths]
+    batches = [torch.stack(x[s : s + batch_size]) for s in range(0, len(x), batch_size)]
+    with torch.inference_mode():
+        loaded.model.encode_image(batches[0][:2])  # warm-up
         with Timer() as t:
-            result = embeddings.embed_split(
-                model_cfg,
-                caps,
-                data.images,
-                "test",
-                fi,
-                ft,
-                cache_dir=work / "cache",
-                batch_size=batch_size,
-                workers=workers,
-                device="cpu",
-            )
-    finally:
-        embeddings._embed_images, embeddings._embed_texts = originals
-    rest = t.seconds - sum(inner.values())
-    parts.update({f"embed: {k}": v for k, v in inner.items()})
-    parts["embed: build model, store reads, feature tables"] = rest
-    with Timer() as t:
-        record, _ = evaluate.evaluate(
-            caps,
-            fi,
-            ft,
-            model="bench",
-            dataset="bench",
-            split="test",
-            protocol="remoteclip",
-            code="bench",
-        )
-    parts["evaluate (exact ranks + bootstrap CI)"] = t.seconds
-    return record["metrics"], parts, result
+            for b in batches:
+                loaded.model.encode_image(b)
+    return len(paths) / t.seconds
+
+
+def workflow_config(model_cfg, data: Benchmark, work: Path, batch_size: int) -> Path:
+    """The user's config for this evaluation: one dataset, one model, the defaults (threads and
+    loader workers chosen by the workflow), classification off (the seed does not classify)."""
+    import yaml
+
+    cfg = {
+        "datasets": {
+            "bench": {
+                "format": "karpathy-json",
+                "annotations": str(data.annotations),
+                "images": str(data.images),
+                "split": "test",
+                "expected": {"test": {"images": data.n_images, "captions": data.n_captions}},
+            }
+        },
+        "models": {"bench": {"arch": model_cfg.arch, "random": model_cfg.random}},
+        "classification": {"enabled": False},
+        "cache_dir": str(work / "cache"),
+        "embed": {"batch_size": batch_size, "device": "cpu"},
+    }
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+RATE_LINE = re.compile(
+    r"image rate: ([\d.]+) images/s .*?(\d+) torch threads, (\d+) loader workers"
+)
+
+
+def ours(work: Path, cores: int) -> tuple[dict, dict, dict]:
+    """`snakemake --cores <cores>` on the config, cold (fresh results, store and hash memo), as
+    a user runs it. Returns (metrics, seconds per job from Snakemake's own log, embed job
+    figures parsed from its log)."""
+    env = clean_env()
+    env[cas_memo_env()] = str(work / "hash-memo.sqlite")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    cmd = [
+        sys.executable, "-m", "snakemake", "-s", str(common.ROOT / "Snakefile"),
+        "--directory", str(work), "--configfile", str(work / "config.yaml"),
+        "--cores", str(cores),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"snakemake failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    metrics = json.loads((work / "results/metrics/bench/bench/remoteclip.json").read_text())
+    log = (work / "results/logs/embed/bench/bench/remoteclip.log").read_text()
+    match = RATE_LINE.search(log)
+    if not match:
+        raise RuntimeError(f"embed log states no image rate:\n{log[-2000:]}")
+    embed = {
+        "image_rate": float(match.group(1)),
+        "torch_threads": int(match.group(2)),
+        "workers": int(match.group(3)),
+        "text_rate": float(re.search(r"text rate: ([\d.]+)", log).group(1)),
+    }
+    return metrics["metrics"], job_seconds(work), embed
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without thread settings of its own (a user's shell has none)."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    env["PYTHONPATH"] = str(common.ROOT / "workflow")
+    return env
+
+
+def cas_memo_env() -> str:
+    from rsm_eval import cas
+
+    return cas.MEMO_ENV
+
+
+def job_seconds(work: Path) -> dict[str, float]:
+    """Seconds per rule (summed over its jobs), from the start and end times Snakemake records
+    for every output in .snakemake/metadata (one job = one rule and end time; its outputs'
+    start times differ by milliseconds). A breakdown only; the total is timed outside."""
+    jobs: dict[tuple[str, float], float] = {}
+    for path in (work / ".snakemake" / "metadata").iterdir():
+        try:
+            meta = json.loads(path.read_text())
+            start = jobs.get((meta["rule"], meta["endtime"]), meta["starttime"])
+            jobs[(meta["rule"], meta["endtime"])] = min(start, meta["starttime"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    out: dict[str, float] = {}
+    for (rule, end), start in sorted(jobs.items(), key=lambda kv: kv[1]):
+        out[rule] = out.get(rule, 0.0) + end - start
+    return out
 
 
 def token_stats(model_cfg, data: Benchmark, batch_size: int) -> tuple[float, float, int]:
@@ -193,11 +244,12 @@ def run(
     tmp: Path,
     scale: int = 1,
 ) -> dict:
-    """Returns the phase rates of this run (images/s of our stage, captions/s at 77 tokens in
-    the baseline and sorted + trimmed in ours) for extrapolations."""
+    """Returns the phase rates of this run (images/s of the embed job, captions/s at 77 tokens
+    in the baseline and sorted + trimmed in the embed job) for extrapolations."""
     from rsm_eval.config import Model
 
     bench = "2 cold eval"
+    cores = common.usable_cores()
     cfg = common.write_model_config(tmp / f"clip-{layers}l.json", layers)
     model_cfg = Model(name="bench", arch=str(cfg), random=0)
     report.add(bench, "model", common.model_label(layers))
@@ -214,45 +266,87 @@ def run(
         "caption tokens",
         f"mean {mean_len:.1f}, longest {longest}; mean batch width after sort {mean_width:.1f}",
     )
-    report.add(bench, "batch size, loader workers", f"{batch_size}, {workers}")
+    report.add(bench, "batch size; baseline loader workers", f"{batch_size}; {workers}")
 
-    with Timer() as tb:
-        base_metrics, base_parts = baseline(model_cfg, data, batch_size, workers)
-    for k, v in base_parts.items():
-        report.add(bench, f"baseline: {k}", v, "s")
-    report.add(bench, "baseline total", tb.seconds, "s")
-
+    # Ours: `snakemake --cores <all>` cold, with the bare forward rate measured just before
+    # and just after it (the machine may be shared: adjacent runs see the same load).
     work = tmp / "ours"
     work.mkdir(parents=True, exist_ok=True)
+    workflow_config(model_cfg, data, work, batch_size)
+    torch.set_num_threads(cores)
+    bare_before = bare_rate(model_cfg, data, batch_size)
     with Timer() as to:
-        our_metrics, our_parts, result = ours(model_cfg, data, work, batch_size, workers)
-    for k, v in our_parts.items():
-        report.add(bench, f"ours: {k}", v, "s")
-    report.add(bench, "ours total", to.seconds, "s")
+        our_metrics, jobs, embed = ours(work, cores)
+    bare_after = bare_rate(model_cfg, data, batch_size)
+    bare = (bare_before + bare_after) / 2
+    report.add(bench, "ours: command", f"snakemake --cores {cores} (config: embed defaults)")
+    for rule, sec in jobs.items():
+        report.add(bench, f"ours: {rule} (log to log)", sec, "s")
+    report.add(bench, "ours total (snakemake wall time)", to.seconds, "s")
     report.add(
         bench,
-        "rows embedded (ours)",
-        f"{result.images_computed} images, {result.texts_computed} captions",
+        "embed job: threads, loader workers",
+        f"{embed['torch_threads']} torch threads, {embed['workers']} loader workers",
+        "",
+        "from the embed log",
     )
+    report.add(bench, "embed job: image rate", embed["image_rate"], "img/s", "from its log")
+    report.add(bench, "embed job: caption rate (distinct, trimmed)", embed["text_rate"], "/s")
+    report.add(
+        bench,
+        "bare forward rate",
+        bare,
+        "img/s",
+        f"{cores} torch threads, before {bare_before:.2f}, after {bare_after:.2f}",
+    )
+    rate_ratio = embed["image_rate"] / bare
+
+    # The seed's loop as its own process, timed from outside like Snakemake.
+    seed = [
+        sys.executable, str(Path(__file__).with_name("seed_loop.py")), str(cfg),
+        str(data.annotations), str(data.images), str(batch_size), str(workers),
+    ]  # fmt: skip
+    with Timer() as tb:
+        proc = subprocess.run(seed, capture_output=True, text=True, env=clean_env())
+    if proc.returncode != 0:
+        raise RuntimeError(f"seed loop failed:\n{proc.stderr[-4000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    base_metrics, base_parts = result["metrics"], result["parts"]
+    for k, v in base_parts.items():
+        report.add(bench, f"baseline: {k}", v, "s")
+    report.add(bench, "baseline: interpreter, imports", tb.seconds - sum(base_parts.values()), "s")
+    report.add(bench, "baseline total (process wall time)", tb.seconds, "s")
+
     diff = max(abs(base_metrics[k] - our_metrics[k]) for k in base_metrics)
     report.add(bench, "max |metric difference|", diff, "points", "ours vs baseline, 7 recalls")
     ratio = to.seconds / tb.seconds
     report.add(bench, "ours / baseline", ratio, "", f"speed-up {tb.seconds / to.seconds:.2f}x")
+    label = f"{common.model_label(layers)}; {data.n_images} images, {data.n_captions} captions"
     report.verdicts.append(
         Verdict(
-            "2 cold evaluation <= 0.5x the seed's loop",
+            f"2a cold evaluation through snakemake <= {GOAL}x the seed's loop",
             f"<= {GOAL}",
             f"{ratio:.2f} ({to.seconds:.0f} s vs {tb.seconds:.0f} s; "
             f"{tb.seconds / to.seconds:.1f}x faster), metrics equal within {diff:.2g} points",
             ratio <= GOAL and diff < 0.01,
-            f"{common.model_label(layers)}; {data.n_images} images, {data.n_captions} captions",
+            label,
+        )
+    )
+    report.verdicts.append(
+        Verdict(
+            f"2b embed job's image rate >= {RATE_GOAL:.0%} of the bare forward",
+            f">= {RATE_GOAL:.0%}",
+            f"{rate_ratio:.1%} ({embed['image_rate']:.2f} vs {bare:.2f} img/s; "
+            f"{embed['torch_threads']} torch threads, {embed['workers']} loader workers)",
+            rate_ratio >= RATE_GOAL,
+            label,
         )
     )
     return {
         "layers": layers,
         "label": common.model_label(layers),
         "source": "cold evaluation",
-        "image_rate": data.n_images / our_parts["embed: images"],
+        "image_rate": embed["image_rate"],
         "text_full": data.n_captions / base_parts["captions (all, 77 tokens)"],
-        "text_trimmed": data.n_distinct / our_parts["embed: captions (distinct, trimmed)"],
+        "text_trimmed": embed["text_rate"],
     }

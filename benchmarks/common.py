@@ -376,3 +376,10 @@ def dataset(bench: Benchmark, name: str = "bench") -> Any:
         images=str(bench.images),
         split="test",
     )
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

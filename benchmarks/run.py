@@ -1,8 +1,8 @@
 """Run RSM-Eval's performance benchmarks and write a Markdown report.
 
-    python benchmarks/run.py                 # everything: ~5 min on an idle 2-core CPU,
-                                             # ~10 min when other jobs share it
-    python benchmarks/run.py --quick         # scaled down (~0.5-2.5 min), a smoke test
+    python benchmarks/run.py                 # everything: ~15 min on an idle 2-core CPU
+                                             # (the full-size cold evaluation is ~10 min)
+    python benchmarks/run.py --quick         # scaled down (~1-3 min), a smoke test
     python benchmarks/run.py --only eval     # one benchmark: embed, eval, score, incremental
 
 Each target is measured against its own reference in the same run on the same machine (the
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         "--eval-scale",
         type=int,
         default=None,
-        help="the cold evaluation uses RSICD's test split divided by this (default 8, quick 4; "
+        help="the cold evaluation uses RSICD's test split divided by this (default 1, quick 8; "
         "1 = full size)",
     )
     parser.add_argument(
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {BENCHES}")
     layers = args.layers or (1 if args.quick else 12)
-    eval_scale = args.eval_scale or (4 if args.quick else 8)
+    eval_scale = args.eval_scale or (8 if args.quick else 1)
     embed_layers = args.embed_layers or (1 if args.quick else 12)
 
     t_start = time.monotonic()

@@ -15,7 +15,14 @@ BASE = {
 def test_defaults_filled_and_every_pair_evaluated():
     cfg = config.load({**BASE, "models": {**BASE["models"], "r": {"arch": "x.json", "random": 1}}})
     assert cfg.cache_dir == "results/cache"
-    assert cfg.embed == {"batch_size": 64, "workers": 2, "device": "auto", "chunk_rows": 2048}
+    assert cfg.embed == {
+        "batch_size": 64,
+        "workers": None,
+        "threads": None,
+        "shards": 1,
+        "device": "auto",
+        "chunk_rows": 2048,
+    }
     assert cfg.datasets["d"].split == "test"
     assert cfg.models["m"].force_quick_gelu is False
     assert [(e.model, e.dataset, e.protocol) for e in cfg.evaluations] == [

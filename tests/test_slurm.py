@@ -2,7 +2,10 @@
 
 A single-node cluster (tests/slurm_cluster.py) runs on this machine for the module; the
 workflow is submitted with `--profile profiles/slurm` exactly as the README says, each job
-goes through sbatch, and `sacct` shows them. The report must equal a local run's.
+goes through sbatch, and `sacct` shows them. The report must equal a local run's. The SLURM
+run shards the dataset (embed.shards 2): each model's embedding runs as 2 GPU jobs and the
+leakage audit's image hashing as 2 jobs, and the gathered feature and hash tables equal the
+unsharded local run's bit for bit.
 
 Needs the Debian packages in slurm_cluster.PACKAGES and root. Without them the test is
 skipped, except under CI=true, where it fails: CI must run it (.ci/run installs them).
@@ -12,11 +15,13 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import ROOT, TINY_ARCH, snakemake_env
@@ -26,7 +31,11 @@ from slurm_cluster import ACCOUNT, PARTITION, SlurmCluster, unavailable
 pytestmark = pytest.mark.slurm
 
 MODELS = ("rand-a", "rand-b")
-RULES = ("demo_benchmark", "manifest", "embed", "evaluate", "report")
+SHARDS = 2
+RULES = (
+    "demo_benchmark", "manifest", "embed_shard", "embed_gather", "image_hashes_shard",
+    "image_hashes_gather", "leakage_audit", "evaluate", "evaluate_clean", "report",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +53,7 @@ def cluster(tmp_path_factory):
         c.stop()
 
 
-def write_config(workdir: Path) -> None:
+def write_config(workdir: Path, shards: int = 1) -> None:
     cfg = {
         "demo": {"seed": 1, "n_train": 20, "n_val": 5, "n_test": 30, "n_csv_images": 10},
         "datasets": {
@@ -60,7 +69,9 @@ def write_config(workdir: Path) -> None:
         },
         # auto: under SLURM the job gets CUDA_VISIBLE_DEVICES for a fake GPU; torch sees no
         # CUDA here and falls back to the CPU.
-        "embed": {"batch_size": 32, "workers": 0, "device": "auto"},
+        "embed": {"batch_size": 8, "device": "auto", "shards": shards},
+        "leakage": {"train": [{"dataset": "demo", "split": "train"}]},
+        "classification": {"enabled": False},
     }
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
 
@@ -76,7 +87,7 @@ def snakemake(workdir: Path, *extra: str, env: dict[str, str]) -> subprocess.Pop
     return proc
 
 
-def finish(proc: subprocess.Popen, workdir: Path, timeout: float = 600) -> str:
+def finish(proc: subprocess.Popen, workdir: Path, timeout: float = 1500) -> str:
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -122,8 +133,8 @@ def test_job_inherits_environment_and_gets_a_gpu(cluster, tmp_path):
 def test_demo_workflow_through_slurm_matches_local_run(cluster, tmp_path_factory):
     t0 = time.monotonic()
     local, remote = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("slurm")
-    for wd in (local, remote):
-        write_config(wd)
+    write_config(local)
+    write_config(remote, shards=SHARDS)
 
     # The local run goes alongside (its own hash memo): the SLURM run mostly waits for polls.
     local_env = snakemake_env()
@@ -157,17 +168,22 @@ def test_demo_workflow_through_slurm_matches_local_run(cluster, tmp_path_factory
             for line in lines]  # fmt: skip
     run_jobs = [j for j in jobs if j["comment"].startswith("rule_")]
     by_rule = {
-        rule: [j for j in run_jobs if j["comment"].startswith(f"rule_{rule}")] for rule in RULES
+        rule: [j for j in run_jobs if re.match(f"rule_{rule}(_wildcards|$)", j["comment"])]
+        for rule in RULES
     }
     assert {r: len(js) for r, js in by_rule.items()} == {
-        "demo_benchmark": 1, "manifest": 1, "embed": 2, "evaluate": 2, "report": 1,
+        "demo_benchmark": 1, "manifest": 1, "embed_shard": SHARDS * len(MODELS),
+        "embed_gather": len(MODELS), "image_hashes_shard": SHARDS, "image_hashes_gather": 1,
+        "leakage_audit": 1, "evaluate": 2, "evaluate_clean": 2, "report": 1,
     }, lines  # fmt: skip
     assert len({j["name"] for j in run_jobs}) == 1  # one Snakemake run id
     for j in run_jobs:
         assert (j["state"], j["exit"]) == ("COMPLETED", "0:0"), j
         assert (j["partition"], j["account"]) == (PARTITION, ACCOUNT), j
-    for j in by_rule["embed"]:
+    for j in by_rule["embed_shard"]:
         assert "gres/gpu=1" in j["tres"] and "cpu=8" in j["tres"], j  # profile: cpus_per_gpu 8
+    for j in by_rule["embed_gather"] + by_rule["image_hashes_shard"]:
+        assert "gres/gpu" not in j["tres"], j
     for j in by_rule["report"]:
         assert "gres/gpu" not in j["tres"] and "mem=2000M" in j["tres"], j
 
@@ -176,8 +192,22 @@ def test_demo_workflow_through_slurm_matches_local_run(cluster, tmp_path_factory
     assert [r["model"] for r in rows] == list(MODELS)
     assert rows == report_rows(local)
 
-    # Each embedding job's log says which device it used: the CPU, as torch has no CUDA here.
-    embed_logs = sorted((remote / "results/logs/embed").rglob("*.log"))
-    assert len(embed_logs) == len(MODELS)
-    for path in embed_logs:
-        assert "device cpu" in path.read_text(), path
+    # The shards' gathered tables equal the unsharded local run's, bit for bit.
+    for model in MODELS:
+        for kind in ("images", "texts"):
+            path = f"results/features/{model}/demo/remoteclip/{kind}.parquet"
+            got, want = (pq.read_table(wd / path) for wd in (remote, local))
+            assert got.column("key").equals(want.column("key")), path
+            assert got.column("embedding").equals(want.column("embedding")), path
+    hashes = "results/leakage/hashes/demo.parquet"
+    assert pq.read_table(remote / hashes).equals(pq.read_table(local / hashes))
+
+    # Each shard job's log says which device it used (the CPU: torch has no CUDA here), its
+    # CPUs as SLURM allocated them (bounded by this machine's cores) and its rate.
+    shard_logs = sorted((remote / "results/logs/embed").rglob("*-of-*.log"))
+    assert len(shard_logs) == SHARDS * len(MODELS)
+    for path in shard_logs:
+        text = path.read_text()
+        assert "device cpu" in text and "SLURM job" in text, text
+        assert re.search(r"CPUs [12] \(.*SLURM allocation 8\)", text), text
+        assert "image rate:" in text, text

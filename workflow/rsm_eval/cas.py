@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -190,9 +191,32 @@ def _imports(name: str, top_level_only: bool = False) -> set[str]:
     path = _module_file(name)
     if path is None:
         raise RsmEvalError(f"module {name} not found in {PACKAGE_DIR}")
+    st = path.stat()
+    return set(_parsed_imports(name, path, top_level_only, st.st_mtime_ns, st.st_size))
+
+
+def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Every statement, nested ones included (an import is a statement: expressions, most of
+    a module's nodes, need no visit)."""
+    todo = list(body)
+    while todo:
+        node = todo.pop()
+        yield node
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            children = getattr(node, field, None)
+            if isinstance(children, list):
+                todo.extend(c for c in children if isinstance(c, ast.AST))
+
+
+@functools.cache
+def _parsed_imports(
+    name: str, path: Path, top_level_only: bool, _mtime_ns: int, _size: int
+) -> frozenset[str]:
+    """_imports, parsed once per file version: every stage's closure shares the modules, and
+    parsing them again for each of the rules' code versions made up most of a no-op run."""
     tree = ast.parse(path.read_bytes(), filename=str(path))
     is_pkg = path.name == "__init__.py"
-    nodes = tree.body if top_level_only else ast.walk(tree)
+    nodes = tree.body if top_level_only else _statements(tree.body)
     found: set[str] = set()
     for node in nodes:
         if isinstance(node, ast.Import):
@@ -208,7 +232,7 @@ def _imports(name: str, top_level_only: bool = False) -> set[str]:
             found.add(base)
             # `from . import x` and `from .pkg import sub` name modules, not only attributes.
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {m for m in found if _module_file(m) is not None}
+    return frozenset(m for m in found if _module_file(m) is not None)
 
 
 def import_closure(*modules: str, entry: str | None = ENTRY) -> list[str]:

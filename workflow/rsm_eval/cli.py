@@ -71,9 +71,14 @@ def cmd_manifest(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from . import gpus
+    from . import gpus, shards
     from .embeddings import embed_split
 
+    shard = shards.parse(args.shard) if args.shard else None
+    if shard is None and not (args.out_images and args.out_texts):
+        raise RsmEvalError("embed: give --out-images and --out-texts (or --shard)")
+    if shard is not None and not args.shard_record:
+        raise RsmEvalError("embed: --shard needs --shard-record")
     cas.memo()  # opened early so a broken cache directory fails before the model loads
     # Snakemake never assigns GPU ids: concurrent jobs claim distinct devices by lock file.
     with gpus.claim_device(args.device) as device:
@@ -83,8 +88,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
             Path(args.captions),
             Path(args.images_root),
             args.split,
-            Path(args.out_images),
-            Path(args.out_texts),
+            Path(args.out_images or "-"),
+            Path(args.out_texts or "-"),
             cache_dir=Path(args.cache_dir),
             batch_size=args.batch_size,
             workers=args.workers,
@@ -92,7 +97,20 @@ def cmd_embed(args: argparse.Namespace) -> None:
             chunk_rows=args.chunk_rows,
             text_prefix=args.text_prefix,
             autocast=args.autocast,
+            threads=args.threads,
+            shard=shard,
+            shard_record=Path(args.shard_record) if args.shard_record else None,
         )
+
+
+def _cpu_plan(device: str, threads: int | None, workers: int | None = 0):
+    """Set torch's threads for a model job (gpus.plan_cpu) and log them."""
+    from . import gpus
+
+    plan = gpus.plan_cpu(device, threads, workers)
+    gpus.apply_cpu_plan(plan)
+    print(plan.describe(), file=sys.stderr, flush=True)
+    return plan
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -122,10 +140,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_image_hashes(args: argparse.Namespace) -> None:
+    from . import gpus, leakage, shards
+
+    threads = gpus.plan_cpu("cpu", args.threads, 0).budget
+    shard = shards.parse(args.shard) if args.shard else None
+    n = leakage.hash_dataset(
+        Path(args.images_manifest),
+        Path(args.images_root),
+        Path(args.out),
+        threads=threads,
+        shard=shard,
+    )
+    print(f"hashed {n} images on {threads} threads", file=sys.stderr)
+
+
+def cmd_gather_hashes(args: argparse.Namespace) -> None:
     from . import leakage
 
-    n = leakage.hash_dataset(Path(args.images_manifest), Path(args.images_root), Path(args.out))
-    print(f"hashed {n} images", file=sys.stderr)
+    n = leakage.gather_hashes([Path(p) for p in args.parts], Path(args.out))
+    print(f"gathered {n} image hashes from {len(args.parts)} shards", file=sys.stderr)
 
 
 def cmd_leakage(args: argparse.Namespace) -> None:
@@ -138,6 +171,7 @@ def cmd_leakage(args: argparse.Namespace) -> None:
         from . import gpus
 
         with gpus.claim_device(args.device) as device:
+            _cpu_plan(device, args.threads)
             audit = leakage.confirm_with_model(
                 audit,
                 Model(**args.confirm_model),
@@ -157,6 +191,7 @@ def cmd_classify(args: argparse.Namespace) -> None:
     from . import classify, gpus
 
     with gpus.claim_device(args.device) as device:
+        _cpu_plan(device, args.threads)
         record = classify.classify_split(
             Model(**args.model),
             Path(args.captions),
@@ -444,11 +479,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--captions", required=True, help="captions manifest")
     p.add_argument("--images-root", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--out-images", required=True)
-    p.add_argument("--out-texts", required=True)
+    p.add_argument("--out-images", default=None)
+    p.add_argument("--out-texts", default=None)
     p.add_argument("--cache-dir", required=True)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None, help="loader workers (default: auto)")
+    p.add_argument("--threads", type=int, default=None, help="CPUs of the job (default: all)")
+    p.add_argument("--shard", default=None, help="<i>-of-<n>: compute only that shard's rows")
+    p.add_argument("--shard-record", default=None, help="JSON written by a --shard run")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--chunk-rows", type=int, default=2048)
     p.add_argument("--text-prefix", default="", help="prepended to every caption (skyscript)")
@@ -479,7 +517,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-manifest", required=True)
     p.add_argument("--images-root", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=None, help="decoding threads (default: all)")
+    p.add_argument("--shard", default=None, help="<i>-of-<n>: hash only that shard's images")
     p.set_defaults(func=cmd_image_hashes)
+
+    p = sub.add_parser("gather-hashes", help="concatenate sharded image-hash tables")
+    p.add_argument("--parts", nargs="+", required=True, help="shard tables, in shard order")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_gather_hashes)
 
     p = sub.add_parser("leakage", help="duplicates between training sources and test splits")
     p.add_argument(
@@ -499,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-roots", type=_json_arg, default={}, help="{dataset: image dir}")
     p.add_argument("--cache-dir", default="results/cache")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=None, help="CPUs of the job (default: all)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_leakage)
 
@@ -512,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", required=True)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="CPUs of the job (default: all)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_classify)
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import cas, models, schemas
+from . import cas, gpus, models, schemas, shards
 from .config import Model
 from .errors import RsmEvalError
 from .featstore import FeatureStore
@@ -314,13 +314,13 @@ def _embed_texts(
     batch_size: int,
     workers: int,
     autocast: bool,
-    window: int = 8192,
+    window: int | None = None,
 ) -> None:
     import torch
 
     model = loaded.model
     trim = can_trim_text(model)
-    window = max(window, batch_size)
+    window = max(window or text_window(batch_size), batch_size)
     windows = torch.utils.data.DataLoader(
         _TokenWindows(texts, loaded.tokenizer, window),
         batch_size=None,
@@ -334,6 +334,15 @@ def _embed_texts(
     with torch.inference_mode(), _autocast(device, autocast):
         batches = _text_batches(windows, keys, window, batch_size, trim)
         _run_batches(batches, encode, writer, device, "captions", workers)
+
+
+TEXT_WINDOW_BATCHES = 32
+
+
+def text_window(batch_size: int) -> int:
+    """Captions tokenized, sorted by length and batched together: 32 batches. A shard of a
+    split takes whole windows (shards.take), so its batches are the unsharded job's."""
+    return TEXT_WINDOW_BATCHES * batch_size
 
 
 def text_key(caption: str, prefix: str = "") -> str:
@@ -362,15 +371,23 @@ def embed_split(
     *,
     cache_dir: Path,
     batch_size: int = 64,
-    workers: int = 2,
+    workers: int | None = None,
     device: str = "auto",
     chunk_rows: int = 2048,
     text_prefix: str = "",
     autocast: bool = False,
+    threads: int | None = None,
+    shard: tuple[int, int] | None = None,
+    shard_record: Path | None = None,
 ) -> EmbedResult:
     """Write the image and text feature tables of one split, computing only what is missing.
 
     Texts are keyed by the sha256 of what is embedded (`text_prefix` + caption).
+    `threads` and `workers` are divided between torch and the loader by gpus.plan_cpu
+    (None: the CPUs this job may use; `workers` None: chosen for the device).
+    With `shard` (i, n), only the rows of that shard (shards.take over the split's distinct
+    images in batches, captions in windows) are computed into the store, and `shard_record`
+    (JSON) is written instead of the tables; the unsharded call then gathers them.
     """
     t0 = time.monotonic()
     captions, manifest_meta = schemas.read_table(captions_path, schemas.CAPTIONS)
@@ -389,32 +406,55 @@ def embed_split(
     loaded: models.Loaded | None = None
     used_device = "none (all rows cached)"
     computed = {"image": 0, "text": 0}
+    rates: dict[str, float] = {}
+    plan: gpus.CpuPlan | None = None
 
     def ensure_model() -> models.Loaded:
-        nonlocal loaded, used_device
+        nonlocal loaded, used_device, plan
         if loaded is None:
             used_device = models.choose_device(device)
+            plan = gpus.plan_cpu(used_device, threads, workers)
+            gpus.apply_cpu_plan(plan)
             print(f"model {model.name}: address {address}, device {used_device}", file=sys.stderr)
+            print(plan.describe(), file=sys.stderr, flush=True)
             loaded = models.build(model, used_device)
         return loaded
 
     def compute(kind: str, keys: list[str]) -> None:
         computed[kind] += len(keys)
         net = ensure_model()
+        n_workers = plan.workers
+        t = time.monotonic()
         if kind == "image":
             writer = _ChunkWriter(image_store, len(keys), chunk_rows, "images")
             paths = [path_of[k] for k in keys]
-            _embed_images(net, paths, keys, writer, used_device, batch_size, workers, autocast)
+            _embed_images(net, paths, keys, writer, used_device, batch_size, n_workers, autocast)
         else:
             writer = _ChunkWriter(text_store, len(keys), chunk_rows, "captions")
             texts = [text_of[k] for k in keys]
-            _embed_texts(net, texts, keys, writer, used_device, batch_size, workers, autocast)
+            _embed_texts(net, texts, keys, writer, used_device, batch_size, n_workers, autocast)
+        seconds = time.monotonic() - t
+        rates[kind] = round(len(keys) / max(seconds, 1e-9), 3)
+        print(
+            f"{kind} rate: {rates[kind]:.2f} {kind}s/s ({len(keys)} in {seconds:.1f} s; "
+            f"{plan.torch_threads} torch threads, {n_workers} loader workers, device "
+            f"{used_device})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     out = {}
     for kind, store, keys in (("image", image_store, image_keys), ("text", text_store, text_keys)):
+        if shard is not None:
+            # Cut the whole split (not its missing rows, which change as the other shards
+            # commit), so that the shards of one run never overlap or leave a gap.
+            unit = batch_size if kind == "image" else text_window(batch_size)
+            keys = shards.take(keys, shard, unit)
         missing = store.missing(keys)
         if missing:
             compute(kind, missing)
+        if shard is not None:
+            continue
         feats, bad = store.fetch(keys)
         if bad:  # a chunk failed its checksum: recompute its rows once
             compute(kind, bad)
@@ -422,6 +462,29 @@ def embed_split(
         if feats is None or bad:
             raise RsmEvalError(f"feature store {store.root}: rows still missing after recompute")
         out[kind] = feats
+
+    if shard is not None:
+        record = {
+            "stage": "embed_shard",
+            "shard": f"{shard[0]}-of-{shard[1]}",
+            "model": model.name,
+            "model_address": address,
+            "split": split,
+            "device": used_device,
+            "cpu": None if plan is None else plan.__dict__,
+            "images_computed": computed["image"],
+            "texts_computed": computed["text"],
+            "rates_per_s": rates,
+            "seconds": round(time.monotonic() - t0, 3),
+        }
+        if shard_record is not None:
+            cas.write_json_atomic(shard_record, record)
+        print(
+            f"shard {record['shard']}: embedded {computed['image']} images and "
+            f"{computed['text']} captions into {cache_dir}",
+            file=sys.stderr,
+        )
+        return EmbedResult(address, used_device, computed["image"], 0, computed["text"], 0, 0.0)
 
     result = EmbedResult(
         model_address=address,

@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -188,3 +189,112 @@ def describe(device: str) -> str:
     if job:
         parts.append(f"SLURM job {job}")
     return ", ".join(parts)
+
+
+# ------------------------------------------------------------------ CPU threads and workers
+#
+# Snakemake exports OMP_NUM_THREADS (and MKL_..., OPENBLAS_...) = the rule's `threads` to each
+# job, 1 for a rule that declares none: a torch job on the CPU then runs on one core whatever
+# the machine has. The model rules declare their threads (embed.threads, else all of --cores),
+# pass them as --threads, and the stage divides them between torch and the data loader here.
+
+
+def slurm_cpus(env: dict[str, str] | None = None) -> int | None:
+    """CPUs SLURM allocated to this job on this node, or None outside a SLURM job.
+
+    SLURM_CPUS_PER_TASK (`--cpus-per-task`), else SLURM_CPUS_PER_GPU x the GPUs of the job
+    (`--cpus-per-gpu`), else SLURM_JOB_CPUS_PER_NODE (like `4` or `4(x2)`), else
+    SLURM_CPUS_ON_NODE.
+    """
+    env = os.environ if env is None else env
+    if not env.get("SLURM_JOB_ID"):
+        return None
+
+    def number(text: str | None) -> int | None:
+        match = re.match(r"\s*(\d+)", text or "")
+        return int(match.group(1)) if match else None
+
+    per_task = number(env.get("SLURM_CPUS_PER_TASK"))
+    if per_task:
+        return per_task
+    per_gpu = number(env.get("SLURM_CPUS_PER_GPU"))
+    if per_gpu:
+        gpus = env.get("SLURM_GPUS_ON_NODE") or env.get("SLURM_GPUS") or ""
+        visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        count = number(gpus.split(":")[-1]) or len(visible) or 1
+        return per_gpu * count
+    # SLURM_CPUS_ON_NODE: what slurmd allocated here; the only one left in a job step whose
+    # launcher cleared the job's SLURM_* variables (the executor plugin's inner srun does).
+    return number(env.get("SLURM_JOB_CPUS_PER_NODE")) or number(env.get("SLURM_CPUS_ON_NODE"))
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; os.cpu_count() where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    """How a model job uses its CPUs: torch intra-op threads and data-loader processes."""
+
+    budget: int  # CPUs of the job
+    source: str  # where `budget` comes from
+    torch_threads: int
+    workers: int
+
+    def describe(self) -> str:
+        return (
+            f"CPUs {self.budget} ({self.source}): {self.torch_threads} torch threads, "
+            f"{self.workers} loader workers"
+        )
+
+
+def plan_cpu(
+    device: str,
+    threads: int | None,
+    workers: int | None,
+    *,
+    env: dict[str, str] | None = None,
+    usable: int | None = None,
+) -> CpuPlan:
+    """Divide a job's CPUs between torch and the image/caption loader, never oversubscribing.
+
+    Budget: the job's `threads` (Snakemake's, capped to --cores), bounded by what the process
+    may use: its affinity mask, and in a SLURM job the CPUs SLURM allocated.
+
+    * CPU device: the forward pass is the work; torch gets every CPU of the budget. Decoding a
+      224 px image costs ~3% of its ViT-B-32 forward pass on one core, so one loader worker
+      (when the budget has 2 CPUs or more) overlaps it; `workers` asks for more, up to
+      budget - 1.
+    * CUDA: the GPU computes; decoding is the host's work. The loader gets budget - 1 workers
+      (`workers` caps it), the main process one torch thread to feed the device.
+    """
+    avail = usable_cpus() if usable is None else usable
+    slurm = slurm_cpus(env)
+    parts = [f"usable {avail}"]
+    budget = avail
+    if slurm:
+        parts.append(f"SLURM allocation {slurm}")
+        budget = min(budget, slurm)
+    if threads is not None:
+        if threads < 1:
+            raise RsmEvalError(f"threads: expected an integer >= 1, got {threads}")
+        parts.insert(0, f"job threads {threads}")
+        budget = min(budget, threads)
+    source = ", ".join(parts)
+    spare = max(0, budget - 1)
+    if device.startswith("cuda"):
+        n_workers = spare if workers is None else min(workers, spare)
+        return CpuPlan(budget, source, 1, n_workers)
+    wanted = min(1, spare) if workers is None else workers
+    return CpuPlan(budget, source, budget, min(wanted, spare))
+
+
+def apply_cpu_plan(plan: CpuPlan) -> None:
+    """Set torch's intra-op threads (the job's OMP_NUM_THREADS only sets the default)."""
+    import torch
+
+    torch.set_num_threads(plan.torch_threads)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import math
 import warnings
 from collections import defaultdict
@@ -414,12 +415,20 @@ def thumbnail_data_uri(path: Path | str, size: int = 64) -> str:
 # --------------------------------------------------------------------------- the stage
 
 
-def hash_dataset(images_manifest: Path, images_root: Path, out: Path, *, threads: int = 4) -> int:
-    """Write the IMAGE_HASHES table of every image a manifest lists (all splits)."""
-    from . import cas, schemas
+def hash_dataset(
+    images_manifest: Path,
+    images_root: Path,
+    out: Path,
+    *,
+    threads: int = 4,
+    shard: tuple[int, int] | None = None,
+) -> int:
+    """Write the IMAGE_HASHES table of every image a manifest lists (all splits), or of the
+    rows of one `shard` (i, n) of it (shards.take); gather_hashes joins the shards' tables."""
+    from . import cas, schemas, shards
 
     table, meta = schemas.read_table(images_manifest, schemas.IMAGES)
-    rows = table.to_pylist()
+    rows = shards.take(table.to_pylist(), shard)
     hashes = image_hashes([images_root / r["image_path"] for r in rows], threads=threads)
     out_table = pa.table(
         {
@@ -444,6 +453,19 @@ def hash_dataset(images_manifest: Path, images_root: Path, out: Path, *, threads
         },
     )
     return len(rows)
+
+
+def gather_hashes(parts: list[Path], out: Path) -> int:
+    """Concatenate the shard tables of hash_dataset (in shard order) into the table the
+    unsharded job writes: the same rows, columns and provenance."""
+    from . import schemas
+
+    tables, metas = zip(*(schemas.read_table(p, schemas.IMAGE_HASHES) for p in parts), strict=True)
+    if len({json.dumps(m, sort_keys=True) for m in metas}) != 1:
+        raise RsmEvalError(f"{parts[0].parent}: shard tables of different manifests or code")
+    table = pa.concat_tables(tables)
+    schemas.write_table(table, out, schemas.IMAGE_HASHES, metas[0])
+    return table.num_rows
 
 
 def _side(table: pa.Table, split: str | None, label: str) -> list[dict[str, Any]]:

@@ -7,11 +7,47 @@ from pathlib import Path
 
 PACKAGE_ROOT = Path(workflow.basedir) / "workflow"
 sys.path.insert(0, str(PACKAGE_ROOT))
+
+
+def job_python_path():
+    """PATH entry that makes `python` in a job Snakemake's own interpreter, or "".
+
+    Jobs run `python -m rsm_eval`, which is the first `python` on PATH. With `--use-conda`
+    that is the rule's environment; otherwise it is Snakemake's own interpreter when that has
+    the workflow's packages (`.venv/bin/snakemake` works without activating the virtualenv),
+    else the `python` on PATH, which must have them: if it does not, stop before any job.
+    """
+    import importlib.util
+    import shutil
+    import subprocess
+
+    if workflow.deployment_settings.deployment_method:
+        return ""
+    needed = ("pyarrow", "yaml", "open_clip")
+    if all(importlib.util.find_spec(m) is not None for m in needed):
+        return str(Path(sys.executable).parent)
+    found = shutil.which("python")
+    probe = f"import {', '.join(needed)}"
+    if (
+        found
+        and subprocess.run([found, "-c", probe], capture_output=True).returncode == 0
+    ):
+        return ""
+    raise WorkflowError(
+        f"the jobs' Python ({found or 'no python on PATH'}) and Snakemake's own "
+        f"({sys.executable}) lack the workflow's packages ({', '.join(needed)}): install "
+        "them (pip install -r requirements.txt) into the environment Snakemake runs from, "
+        "activate the virtualenv that has them (source .venv/bin/activate), or add --use-conda"
+    )
+
+
+JOB_PYTHON_PATH = job_python_path() if workflow.check_envvars else ""
 # Every job runs the package from this checkout, in whatever Python the job has (the
 # virtualenv, a conda env of envs/, a cluster node's).
 shell.prefix(
     "set -euo pipefail; "
-    f"export PYTHONPATH={shlex.quote(str(PACKAGE_ROOT))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    + (f"export PATH={shlex.quote(JOB_PYTHON_PATH)}:$PATH; " if JOB_PYTHON_PATH else "")
+    + f"export PYTHONPATH={shlex.quote(str(PACKAGE_ROOT))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
 
 from rsm_eval import cas
@@ -390,3 +426,69 @@ def localization_paths(name):
 
 def localization_inputs(name):
     return [source(p) for p in localization_paths(name)]
+
+
+# CPUs of a job that runs a model (embed, classify, leakage confirmation, fine-tuning):
+# embed.threads, else all of --cores (split between the GPUs of --resources gpu=N). Snakemake
+# caps it to --cores and exports it as OMP_NUM_THREADS; under SLURM the profile's set-threads
+# and cpus_per_gpu size the allocation, and the stage uses what SLURM gives (gpus.plan_cpu).
+def model_threads():
+    if CFG.embed["threads"]:
+        return CFG.embed["threads"]
+    try:
+        cores = workflow.cores
+    except WorkflowError:
+        # A cluster run without --cores: the profile's set-threads sizes each job.
+        cores = 1
+    gpu = workflow.global_resources.get("gpu")
+    n_gpus = getattr(gpu, "value", gpu) or 1
+    return max(1, (cores or 1) // n_gpus)
+
+
+MODEL_THREADS = model_threads()
+
+
+# Sharding (embed.shards): one dataset's embedding, and its image hashing, as N jobs.
+def _shard_counts():
+    raw = CFG.embed["shards"]
+    if isinstance(raw, int):
+        return {name: raw for name in CFG.datasets}
+    unknown = sorted(set(raw) - set(CFG.datasets))
+    if unknown:
+        raise WorkflowError(
+            f"config: embed.shards: unknown dataset(s) {', '.join(unknown)} "
+            f"(configured: {', '.join(CFG.datasets)})"
+        )
+    return {name: raw.get(name, 1) for name in CFG.datasets}
+
+
+SHARDS = _shard_counts()
+
+
+def sharded_constraint(sharded):
+    """Regex matching exactly the datasets that are (or are not) sharded."""
+    names = [re.escape(d) for d, n in SHARDS.items() if (n > 1) == sharded]
+    return "|".join(names) or "$^"
+
+
+def shard_names(dataset):
+    return [f"{i}-of-{SHARDS[dataset]}" for i in range(1, SHARDS[dataset] + 1)]
+
+
+def embed_args(wildcards):
+    """The command-line arguments every embed job of one model x dataset x variant shares."""
+    protocol, autocast = parse_variant(wildcards.variant)
+    workers = CFG.embed["workers"]
+    return " ".join(
+        [
+            f"--model {shlex.quote(model_json(wildcards.model))}",
+            f"--images-root {shlex.quote(CFG.datasets[wildcards.dataset].images)}",
+            f"--split {shlex.quote(CFG.datasets[wildcards.dataset].split)}",
+            f"--cache-dir {shlex.quote(CFG.cache_dir)}",
+            f"--batch-size {CFG.embed['batch_size']}",
+            f"--chunk-rows {CFG.embed['chunk_rows']}",
+            f"--text-prefix={shlex.quote(protocol.text_prefix)}",
+            "" if workers is None else f"--workers {workers}",
+            "--autocast" if autocast else "",
+        ]
+    )

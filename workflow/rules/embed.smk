@@ -1,5 +1,7 @@
 # Features of the evaluated split for one model, computed only for rows that the
-# content-keyed feature store (cache_dir) lacks.
+# content-keyed feature store (cache_dir) lacks. A dataset with embed.shards N > 1 is
+# embedded by N embed_shard jobs (one GPU each) that fill the store, and embed_gather writes
+# the same feature tables from it.
 
 
 rule embed:
@@ -11,28 +13,75 @@ rule embed:
         texts="results/features/{model}/{dataset}/{variant}/texts.parquet",
     log:
         "results/logs/embed/{model}/{dataset}/{variant}.log",
+    wildcard_constraints:
+        dataset=sharded_constraint(False),
     conda:
         "../../envs/torch.yaml"
+    threads: MODEL_THREADS
     resources:
         gpu=1,
     params:
-        model=lambda wc: model_json(wc.model),
+        args=embed_args,
         model_address=lambda wc: model_address(wc.model),
-        images_root=lambda wc: CFG.datasets[wc.dataset].images,
-        split=lambda wc: CFG.datasets[wc.dataset].split,
-        cache_dir=CFG.cache_dir,
-        batch_size=CFG.embed["batch_size"],
-        workers=CFG.embed["workers"],
         device=CFG.embed["device"],
-        chunk_rows=CFG.embed["chunk_rows"],
-        text_prefix=lambda wc: parse_variant(wc.variant)[0].text_prefix,
-        autocast=lambda wc: "--autocast" if parse_variant(wc.variant)[1] else "",
         code=CODE["embed"],
     shell:
-        "python -m rsm_eval embed --model {params.model:q} --captions {input.captions:q}"
-        " --images-root {params.images_root:q} --split {params.split:q}"
+        "python -m rsm_eval embed {params.args} --captions {input.captions:q}"
         " --out-images {output.images:q} --out-texts {output.texts:q}"
-        " --cache-dir {params.cache_dir:q} --batch-size {params.batch_size}"
-        " --workers {params.workers} --device {params.device}"
-        " --chunk-rows {params.chunk_rows} --text-prefix={params.text_prefix:q}"
-        " {params.autocast} 2> {log:q}"
+        " --device {params.device} --threads {threads} 2> {log:q}"
+
+
+rule embed_shard:
+    input:
+        unpack(lambda wc: model_inputs(wc.model)),
+        captions="results/manifests/{dataset}/captions.parquet",
+    output:
+        "results/features/{model}/{dataset}/{variant}/shards/{shard}.json",
+    log:
+        "results/logs/embed/{model}/{dataset}/{variant}/{shard}.log",
+    wildcard_constraints:
+        dataset=sharded_constraint(True),
+        shard=r"\d+-of-\d+",
+    conda:
+        "../../envs/torch.yaml"
+    threads: MODEL_THREADS
+    resources:
+        gpu=1,
+    params:
+        args=embed_args,
+        model_address=lambda wc: model_address(wc.model),
+        device=CFG.embed["device"],
+        code=CODE["embed"],
+    shell:
+        "python -m rsm_eval embed {params.args} --captions {input.captions:q}"
+        " --shard {wildcards.shard} --shard-record {output:q}"
+        " --device {params.device} --threads {threads} 2> {log:q}"
+
+
+# Reads the shards' rows from the store (on the CPU, no GPU: nothing is left to compute
+# unless a chunk was damaged since, which is then recomputed here).
+rule embed_gather:
+    input:
+        unpack(lambda wc: model_inputs(wc.model)),
+        captions="results/manifests/{dataset}/captions.parquet",
+        shards=lambda wc: expand(
+            "results/features/{{model}}/{{dataset}}/{{variant}}/shards/{shard}.json",
+            shard=shard_names(wc.dataset),
+        ),
+    output:
+        images="results/features/{model}/{dataset}/{variant}/images.parquet",
+        texts="results/features/{model}/{dataset}/{variant}/texts.parquet",
+    log:
+        "results/logs/embed/{model}/{dataset}/{variant}.log",
+    wildcard_constraints:
+        dataset=sharded_constraint(True),
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        args=embed_args,
+        model_address=lambda wc: model_address(wc.model),
+        code=CODE["embed"],
+    shell:
+        "python -m rsm_eval embed {params.args} --captions {input.captions:q}"
+        " --out-images {output.images:q} --out-texts {output.texts:q}"
+        " --device cpu --threads {threads} 2> {log:q}"

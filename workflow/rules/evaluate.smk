@@ -54,6 +54,7 @@ rule classify:
         "results/logs/classify/{model}/{dataset}.log",
     conda:
         "../../envs/torch.yaml"
+    threads: MODEL_THREADS
     resources:
         gpu=1,
     params:
@@ -68,4 +69,4 @@ rule classify:
         " --captions {input.captions:q} --image-features {input.images:q}"
         " --split {params.split:q} --templates {params.templates:q}"
         " --cache-dir {params.cache_dir:q} --device {params.device} --out {output:q}"
-        " 2> {log:q}"
+        " --threads {threads} 2> {log:q}"

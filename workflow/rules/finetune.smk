@@ -13,7 +13,7 @@ rule finetune:
         "results/logs/finetune/{name}.log",
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         gpu=1,
     params:

@@ -11,13 +11,59 @@ rule image_hashes:
         "results/leakage/hashes/{dataset}.parquet",
     log:
         "results/logs/image_hashes/{dataset}.log",
+    wildcard_constraints:
+        dataset=sharded_constraint(False),
+    conda:
+        "../../envs/data.yaml"
+    threads: MODEL_THREADS
+    params:
+        code=CODE["leakage"],
+    shell:
+        "python -m rsm_eval image-hashes --images-manifest {input.images:q}"
+        " --images-root {input.root:q} --out {output:q} --threads {threads} 2> {log:q}"
+
+
+# A dataset with embed.shards N > 1 is hashed by N jobs, concatenated in shard order.
+rule image_hashes_shard:
+    input:
+        images="results/manifests/{dataset}/images.parquet",
+        root=lambda wc: source(CFG.datasets[wc.dataset].images),
+    output:
+        "results/leakage/hashes/{dataset}/{shard}.parquet",
+    log:
+        "results/logs/image_hashes/{dataset}/{shard}.log",
+    wildcard_constraints:
+        dataset=sharded_constraint(True),
+        shard=r"\d+-of-\d+",
+    conda:
+        "../../envs/data.yaml"
+    threads: MODEL_THREADS
+    params:
+        code=CODE["leakage"],
+    shell:
+        "python -m rsm_eval image-hashes --images-manifest {input.images:q}"
+        " --images-root {input.root:q} --out {output:q} --threads {threads}"
+        " --shard {wildcards.shard} 2> {log:q}"
+
+
+rule image_hashes_gather:
+    input:
+        lambda wc: expand(
+            "results/leakage/hashes/{{dataset}}/{shard}.parquet",
+            shard=shard_names(wc.dataset),
+        ),
+    output:
+        "results/leakage/hashes/{dataset}.parquet",
+    log:
+        "results/logs/image_hashes/{dataset}.log",
+    wildcard_constraints:
+        dataset=sharded_constraint(True),
     conda:
         "../../envs/data.yaml"
     params:
         code=CODE["leakage"],
     shell:
-        "python -m rsm_eval image-hashes --images-manifest {input.images:q}"
-        " --images-root {input.root:q} --out {output:q} 2> {log:q}"
+        "python -m rsm_eval gather-hashes --parts {input:q} --out {output:q} 2> {log:q}"
 
 
 rule leakage_audit:
@@ -29,6 +75,7 @@ rule leakage_audit:
         "results/logs/leakage_audit.log",
     conda:
         "../../envs/torch.yaml"
+    threads: MODEL_THREADS
     params:
         spec=leakage_spec(),
         max_hamming=LEAKAGE.get("max_hamming", 6),
@@ -36,7 +83,8 @@ rule leakage_audit:
         code=CODE["leakage"],
     shell:
         "python -m rsm_eval leakage --spec {params.spec:q}"
-        " --max-hamming {params.max_hamming} {params.confirm} --out {output:q} 2> {log:q}"
+        " --max-hamming {params.max_hamming} {params.confirm} --out {output:q}"
+        " --threads {threads} 2> {log:q}"
 
 
 rule evaluate_clean:

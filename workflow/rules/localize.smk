@@ -12,7 +12,7 @@ rule localize:
         "results/logs/localize/{model}/{dataset}.log",
     conda:
         "../../envs/torch.yaml"
-    threads: LOC_RAW.get("threads", 4)
+    threads: LOC_RAW.get("threads") or MODEL_THREADS
     resources:
         gpu=1,
     params:
