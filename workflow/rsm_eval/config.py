@@ -79,6 +79,14 @@ class Model:
     label: str = ""
     registry: str | None = None
     published: dict[str, str] | None = None
+    # The model interface (rsm_eval.models): which library runs it and how inputs are prepared.
+    backend: str = "open_clip"
+    activation: str | None = None  # declared activation, checked against the built model
+    preprocess: dict[str, Any] | None = None  # image: size, resize, crop, interpolation, mean, std
+    text: dict[str, Any] | None = None  # text: prefix, padding, max_length
+    hub: str | None = None  # Hugging Face repo the files come from (informative)
+    revision: str | None = None
+    files: list[str] | None = None  # files of a `weights` directory (a transformers repo)
 
     @property
     def weights_kind(self) -> str:
@@ -197,6 +205,12 @@ def _resolve_model(name: str, entry: dict[str, Any], source: str) -> dict[str, A
             for k in ("weights", "pretrained", "random"):
                 base.pop(k, None)
         entry = {**base, **entry}
+    from . import hub
+
+    try:
+        entry = hub.expand(f"models.{name}", entry)
+    except hub.HubError as exc:
+        raise RsmEvalError(f"{source}: {exc}") from None
     if "arch" not in entry:
         raise RsmEvalError(f"{source}: models.{name}: needs 'arch' (or a 'registry' entry)")
     given = [k for k in ("weights", "pretrained", "random") if k in entry]
@@ -237,7 +251,14 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
     models = {}
     for name, entry in cfg["models"].items():
         entry = _resolve_model(name, entry, source)
-        if "weights" in entry:
+        if isinstance(entry["arch"], dict):  # a model config fetched from a hub
+            entry["arch"] = _source_path(f"models.{name}.arch", entry["arch"], False, sources)
+        if isinstance(entry.get("weights"), list):  # files of one directory (a hub repo)
+            dests = [
+                _source_path(f"models.{name}.weights", w, False, sources) for w in entry["weights"]
+            ]
+            entry["weights"] = str(Path(dests[0]).parent)
+        elif "weights" in entry:
             entry["weights"] = _source_path(
                 f"models.{name}.weights", entry["weights"], False, sources
             )
@@ -259,6 +280,9 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
             arch=base.arch,
             weights=finetune_weights(name),
             force_quick_gelu=base.force_quick_gelu,
+            activation=base.activation,
+            preprocess=base.preprocess,
+            text=base.text,
             label=f"{ft['base']} fine-tuned",
         )
     confirm_with = (cfg.get("leakage") or {}).get("confirm_with")
