@@ -61,6 +61,19 @@ def _activation(config: Any) -> str:
     return acts.pop() if len(acts) == 1 else "+".join(sorted(acts))
 
 
+def _dim(config: Any, family: str, where: str) -> int:
+    """The shared embedding width; SigLIP's image features are the vision tower's width."""
+    if family == "clip":
+        return int(config.projection_dim)
+    text = getattr(config.text_config, "projection_size", None) or config.text_config.hidden_size
+    if int(text) != int(config.vision_config.hidden_size):
+        raise RsmEvalError(
+            f"{where}: SigLIP text features have {text} dimensions, image features "
+            f"{config.vision_config.hidden_size}; they cannot be compared"
+        )
+    return int(text)
+
+
 def build(model: Model, device: str = "cpu") -> Loaded:
     import torch
     import transformers
@@ -129,11 +142,7 @@ def build(model: Model, device: str = "cpu") -> Loaded:
         tokenizer=Tokenize(tokenizer, text_spec),
         arch=model.arch,
         quick_gelu=activation == "quick_gelu",
-        dim=int(
-            config.projection_dim
-            if model.arch == "clip"
-            else getattr(config.text_config, "projection_size", None) or config.text_config.hidden_size
-        ),
+        dim=_dim(config, model.arch, where),
         backend="transformers",
         activation=activation,
         image_spec=image_spec,
