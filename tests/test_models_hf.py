@@ -42,10 +42,13 @@ def tower(**kw):
 
 @pytest.fixture(scope="module")
 def siglip_dir(tmp_path_factory) -> Path:
+    return save_tiny_siglip(tmp_path_factory.mktemp("siglip"))
+
+
+def save_tiny_siglip(out: Path) -> Path:
     """A SigLIP model with a real SentencePiece tokenizer, trained here on a few captions."""
     import sentencepiece as spm
 
-    out = tmp_path_factory.mktemp("siglip")
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(CORPUS * 20), model_writer=buf, vocab_size=48, minloglevel=2

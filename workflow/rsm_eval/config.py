@@ -237,6 +237,18 @@ def _source_path(key: str, value: Any, is_dir: bool, sources: dict[str, SourceSp
     return dest
 
 
+def _directory_sources(
+    key: str, names: list[str], entries: list[dict[str, Any]], sources: dict[str, SourceSpec]
+) -> str:
+    """Sources for the files of one directory (a hub repo); each file has its own key
+    (`<key>/<file>`), hence its own entry in the sources lock. Returns the directory."""
+    folder = f"{SOURCES_DIR}/{key.replace('.', '/')}"
+    for file, entry in zip(names, entries, strict=True):
+        dest = f"{folder}/{file}"
+        sources[dest] = SourceSpec(key=f"{key}/{file}", entry=dict(entry), dest=dest, is_dir=False)
+    return folder
+
+
 def load(raw: dict[str, Any], source: str = "config") -> Config:
     """Validate and normalise a configuration mapping (as Snakemake's `config`)."""
     cfg = validate(raw, source)
@@ -254,10 +266,9 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
         if isinstance(entry["arch"], dict):  # a model config fetched from a hub
             entry["arch"] = _source_path(f"models.{name}.arch", entry["arch"], False, sources)
         if isinstance(entry.get("weights"), list):  # files of one directory (a hub repo)
-            dests = [
-                _source_path(f"models.{name}.weights", w, False, sources) for w in entry["weights"]
-            ]
-            entry["weights"] = str(Path(dests[0]).parent)
+            entry["weights"] = _directory_sources(
+                f"models.{name}.weights", entry["files"], entry["weights"], sources
+            )
         elif "weights" in entry:
             entry["weights"] = _source_path(
                 f"models.{name}.weights", entry["weights"], False, sources

@@ -10,17 +10,20 @@ Two spellings in config, neither needing a registry entry:
   preprocessor config; `files:` overrides the list) land in one directory.
 
 Each file is fetched by the source layer from `https://huggingface.co/<repo>/resolve/<revision>/`
-(`revision:` pins a commit; default `main`), so its sha256 is recorded in the sources lock on the
+(`revision:` pins a commit; default `main`; `HF_ENDPOINT` names a mirror instead), so its sha256 is recorded in the sources lock on the
 first verified download and checked on every later one, as for every other unpublished checksum.
 Nothing here downloads; this module only rewrites a config entry (no imports of the package).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 HF_HUB_PREFIX = "hf-hub:"
-HF_URL = "https://huggingface.co/{repo}/resolve/{revision}/{file}"
+# huggingface_hub's own variable for a mirror (read when the config is loaded).
+ENDPOINT_ENV = "HF_ENDPOINT"
+HF_URL = "{endpoint}/{repo}/resolve/{revision}/{file}"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = "open_clip_pytorch_model.bin"
 
@@ -39,7 +42,8 @@ class HubError(ValueError):
 
 
 def url(repo: str, revision: str | None, file: str) -> str:
-    return HF_URL.format(repo=repo, revision=revision or "main", file=file)
+    endpoint = os.environ.get(ENDPOINT_ENV, "https://huggingface.co").rstrip("/")
+    return HF_URL.format(endpoint=endpoint, repo=repo, revision=revision or "main", file=file)
 
 
 def _check_repo(where: str, repo: str) -> str:
