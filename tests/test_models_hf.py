@@ -37,7 +37,9 @@ SIGLIP_LENGTH = 16  # the tiny model's positions (Git-RSCLIP: 64)
 
 
 def tower(**kw):
-    return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, **kw)
+    return dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +98,16 @@ def clip_dir(tmp_path_factory) -> Path:
 
 
 def hf_model(family: str, path: Path, **kw) -> Model:
-    return Model(name=f"tiny-{family}", arch=family, backend="transformers", weights=str(path), **kw)
+    return Model(
+        name=f"tiny-{family}", arch=family, backend="transformers", weights=str(path), **kw
+    )
 
 
 def images(n: int = 3, size: int = 48) -> list[Image.Image]:
     rng = np.random.default_rng(5)
-    return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+    return [
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)
+    ]
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -184,7 +190,9 @@ def test_preprocessing_is_data(siglip_dir):
     x = loaded.preprocess(wide)
     assert tuple(x.shape) == (3, 32, 32) and float(x[2].max()) < 0  # no blue left
     tok = transformers.AutoTokenizer.from_pretrained(siglip_dir)
-    ref = tok(["a satellite image. an airport"], padding="max_length", max_length=12, truncation=True)
+    ref = tok(
+        ["a satellite image. an airport"], padding="max_length", max_length=12, truncation=True
+    )
     assert loaded.tokenize(["an airport"]).tolist() == ref["input_ids"]
     assert models.address(hf_model("siglip", siglip_dir)) != models.address(
         hf_model("siglip", siglip_dir, text={"prefix": "a satellite image. "})
@@ -240,7 +248,8 @@ def test_siglip_runs_through_retrieval_classification_and_the_seed_cli(
             "--model-name", "siglip", "--RSM_CLIP_path", str(siglip_dir),
             "--retrieval-images-dir", str(small_benchmark / "images"),
             "--retrieval-json-dir", str(small_benchmark), "--workers", "0",
-            "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--save-embeddings", str(npz),
+            "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
+            "--save-embeddings", str(npz),
         ],
         capture_output=True, text=True, env=snakemake_env(),
     )  # fmt: skip

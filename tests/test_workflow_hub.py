@@ -49,8 +49,13 @@ def test_hub_models_fetch_lock_and_evaluate(http_root, small_benchmark, tmp_path
         },
         "models": {
             "oc": {"arch": "hf-hub:org/tiny-openclip", "activation": "quick_gelu"},
-            "sig": {"backend": "transformers", "arch": "siglip", "hub": "org/tiny-siglip",
-                    "files": files, "text": {"max_length": 16}},
+            "sig": {
+                "backend": "transformers",
+                "arch": "siglip",
+                "hub": "org/tiny-siglip",
+                "files": files,
+                "text": {"max_length": 16},
+            },
         },  # fmt: skip
         "classification": {"enabled": False},
         "embed": {"batch_size": 32, "workers": 0, "device": "cpu"},
@@ -63,7 +68,10 @@ def test_hub_models_fetch_lock_and_evaluate(http_root, small_benchmark, tmp_path
     assert sorted(line.split(",")[0] for line in csv[1:]) == ["oc", "sig"]
     lock = yaml.safe_load((wd / "sources.lock.yaml").read_text())
     assert lock["models.oc.weights"]["sha256"] == _sha(oc / "open_clip_pytorch_model.bin")
-    assert lock["models.oc.arch"]["url"] == f"{url}/org/tiny-openclip/resolve/main/open_clip_config.json"
+    assert (
+        lock["models.oc.arch"]["url"]
+        == f"{url}/org/tiny-openclip/resolve/main/open_clip_config.json"
+    )
     for f in files:  # one lock entry per file of the repo
         assert lock[f"models.sig.weights/{f}"]["sha256"] == _sha(sig / f)
     meta = json.loads((wd / "results/metrics/sig/demo/remoteclip.json").read_text())

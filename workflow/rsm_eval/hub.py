@@ -10,8 +10,9 @@ Two spellings in config, neither needing a registry entry:
   preprocessor config; `files:` overrides the list) land in one directory.
 
 Each file is fetched by the source layer from `https://huggingface.co/<repo>/resolve/<revision>/`
-(`revision:` pins a commit; default `main`; `HF_ENDPOINT` names a mirror instead), so its sha256 is recorded in the sources lock on the
-first verified download and checked on every later one, as for every other unpublished checksum.
+(`revision:` pins a commit; default `main`; `HF_ENDPOINT` names a mirror instead), so its
+sha256 is recorded in the sources lock on the first verified download and checked on every
+later one, as for every other unpublished checksum.
 Nothing here downloads; this module only rewrites a config entry (no imports of the package).
 """
 

@@ -22,7 +22,7 @@ ENVS = {
         "packages": ["numpy", "pandas", "pyarrow", "pillow", "pyyaml", "jsonschema"],
     },
     "torch": {
-        "doc": "Embedding steps: torch (CUDA wheels), torchvision and open_clip.",
+        "doc": "Embedding steps: torch (CUDA wheels), torchvision, open_clip and transformers.",
         "packages": [
             "numpy",
             "pandas",
@@ -33,6 +33,10 @@ ENVS = {
             "torch",
             "torchvision",
             "open_clip_torch",
+            "transformers",
+            "tokenizers",
+            "sentencepiece",
+            "protobuf",
         ],
     },
 }

@@ -105,7 +105,9 @@ def build(model: Model, device: str = "cpu") -> Loaded:
     except (OSError, ValueError, RuntimeError) as exc:
         raise RsmEvalError(f"{where}.weights: cannot load {path}: {exc}") from None
     if type(net).__name__ != MODEL_CLASSES[model.arch]:
-        raise RsmEvalError(f"{where}: {path} loads as {type(net).__name__}, not a CLIP/SigLIP model")
+        raise RsmEvalError(
+            f"{where}: {path} loads as {type(net).__name__}, not a CLIP/SigLIP model"
+        )
     net = net.to(device).eval()
 
     image_defaults: dict[str, Any] = {}

@@ -112,7 +112,9 @@ def build(model: Model, device: str = "cpu") -> Loaded:
     defaults = dict(open_clip.get_model_preprocess_cfg(net))
     if is_config_path(model.arch):
         defaults.update(_read_config(model)[1])
-    image_spec = preprocess.merge_image(preprocess.from_open_clip(defaults), model.preprocess, where)
+    image_spec = preprocess.merge_image(
+        preprocess.from_open_clip(defaults), model.preprocess, where
+    )
     context = int(net.context_length)
     text_spec = preprocess.merge_text({"padding": "max_length", "max_length": context}, model.text)
     if text_spec["padding"] != "max_length" or text_spec["max_length"] != context:

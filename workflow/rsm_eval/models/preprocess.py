@@ -112,9 +112,11 @@ def from_transformers(cfg: dict[str, Any], where: str) -> dict[str, Any]:
         size = {"shortest_edge": size}
     if "shortest_edge" in size:
         n = size["shortest_edge"]
-        if not cfg.get("do_center_crop", False) or crop.get("height", n) != n or crop.get(
-            "width", n
-        ) != n:
+        if (
+            not cfg.get("do_center_crop", False)
+            or crop.get("height", n) != n
+            or crop.get("width", n) != n
+        ):
             raise RsmEvalError(
                 f"{where}: preprocessor config resizes the shortest edge to {n} without a "
                 f"centre crop to {n} (crop_size {crop}); not supported"
