@@ -220,3 +220,12 @@ def test_farslip_style_checkpoint_refuses_gelu_where_the_registry_says_quickgelu
     ref = outputs(models.build(tiny(ckpt)), images, tokens)
     for got, want in zip(outputs(forced, images, tokens), ref, strict=True):
         assert torch.equal(got, want)
+
+
+def test_readme_model_table_lists_every_registry_model():
+    from conftest import ROOT
+    from rsm_eval import config
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [n for n in config.registry() if f"| `{n}` |" not in readme]
+    assert not missing, f"README model table lacks {missing}"
