@@ -285,6 +285,11 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
             if ds not in datasets:
                 raise RsmEvalError(f"{where}: unknown dataset {ds!r}")
         base = models[ft["base"]]
+        if base.backend != "open_clip":
+            raise RsmEvalError(
+                f"{where}.base: fine-tuning runs open_clip_train; {ft['base']!r} "
+                f"is a {base.backend} model"
+            )
         # The trained weights are a product of the workflow, evaluated like any checkpoint.
         models[name] = Model(
             name=name,
