@@ -174,3 +174,58 @@ def test_random_init_is_seeded():
     c = models.build(Model(name="c", arch=str(TINY_ARCH), random=4)).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def farslip_style_checkpoint(state, path):
+    """FarSLIP's released .pt layout: an open_clip training checkpoint, DDP prefixes."""
+    torch.save(
+        {
+            "epoch": 10,
+            "name": "farslip",
+            "state_dict": {f"module.{k}": v for k, v in state.items()},
+        },
+        path,
+    )
+    return path
+
+
+def test_farslip_style_checkpoint_refuses_gelu_where_the_registry_says_quickgelu(
+    reference, tmp_path
+):
+    from rsm_eval import config
+
+    state, images, tokens = reference
+    ckpt = farslip_style_checkpoint(state, tmp_path / "FarSLIP1_ViT-B-16.pt")
+    datasets = {"d": {"format": "karpathy-json", "annotations": "a.json", "images": "i"}}
+
+    def model(**entry):
+        cfg = config.load({"datasets": datasets, "models": {"far": entry}})
+        return cfg.models["far"]
+
+    # The registry entry, with the user's local file and the QuickGELU flag dropped.
+    dropped = model(registry="farslip1-vit-b-16", weights=str(ckpt), force_quick_gelu=False)
+    assert dropped.activation == "quick_gelu" and dropped.arch == "ViT-B-16"
+    with pytest.raises(RsmEvalError, match="activation 'quick_gelu'.*builds 'gelu'.*force_quick"):
+        models.build(dropped)
+
+    # The same check on a small architecture, end to end: a GELU config is refused; forcing
+    # QuickGELU builds the model the checkpoint was trained as.
+    gelu_arch = tmp_path / "tiny-gelu.json"
+    gelu_arch.write_text(TINY_ARCH.read_text().replace('"quick_gelu": true', '"quick_gelu": false'))
+    entry = {"arch": str(gelu_arch), "weights": str(ckpt), "activation": "quick_gelu"}
+    with pytest.raises(RsmEvalError, match="models.far: the weights were trained with"):
+        models.build(model(**entry))
+    forced = models.build(model(**entry, force_quick_gelu=True))
+    assert forced.activation == "quick_gelu"
+    ref = outputs(models.build(tiny(ckpt)), images, tokens)
+    for got, want in zip(outputs(forced, images, tokens), ref, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_readme_model_table_lists_every_registry_model():
+    from conftest import ROOT
+    from rsm_eval import config
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [n for n in config.registry() if f"| `{n}` |" not in readme]
+    assert not missing, f"README model table lacks {missing}"

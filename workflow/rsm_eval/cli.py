@@ -380,9 +380,12 @@ def cmd_retrieve(args: argparse.Namespace) -> None:
         weights = {"pretrained": args.pretrained}
     else:
         raise RsmEvalError("give --RSM_CLIP_path (a checkpoint) or --pretrained (a tag)")
-    model = Model(
-        name="retrieve", arch=args.model_name, force_quick_gelu=args.quick_gelu, **weights
-    )
+    if args.backend == "transformers":  # a save_pretrained directory; arch is the family
+        model = Model(name="retrieve", arch=args.model_name, backend="transformers", **weights)
+    else:
+        model = Model(
+            name="retrieve", arch=args.model_name, force_quick_gelu=args.quick_gelu, **weights
+        )
     images_root = Path(args.retrieval_images_dir)
     dataset = Dataset(
         name="retrieval",
@@ -617,6 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model-name", default="ViT-B-32", help="open_clip architecture name or model-config .json"
+    )
+    p.add_argument(
+        "--backend",
+        choices=("open_clip", "transformers"),
+        default="open_clip",
+        help="transformers: --RSM_CLIP_path is a save_pretrained directory and --model-name "
+        "its family (clip or siglip)",
     )
     p.add_argument("--retrieval-images-dir", required=True)
     p.add_argument(

@@ -82,6 +82,14 @@ class Model:
     label: str = ""
     registry: str | None = None
     published: dict[str, str] | None = None
+    # The model interface (rsm_eval.models): which library runs it and how inputs are prepared.
+    backend: str = "open_clip"
+    activation: str | None = None  # declared activation, checked against the built model
+    preprocess: dict[str, Any] | None = None  # image: size, resize, crop, interpolation, mean, std
+    text: dict[str, Any] | None = None  # text: prefix, padding, max_length
+    hub: str | None = None  # Hugging Face repo the files come from (informative)
+    revision: str | None = None
+    files: list[str] | None = None  # files of a `weights` directory (a transformers repo)
 
     @property
     def weights_kind(self) -> str:
@@ -202,6 +210,12 @@ def _resolve_model(name: str, entry: dict[str, Any], source: str) -> dict[str, A
             for k in ("weights", "pretrained", "random"):
                 base.pop(k, None)
         entry = {**base, **entry}
+    from . import hub
+
+    try:
+        entry = hub.expand(f"models.{name}", entry)
+    except hub.HubError as exc:
+        raise RsmEvalError(f"{source}: {exc}") from None
     if "arch" not in entry:
         raise RsmEvalError(f"{source}: models.{name}: needs 'arch' (or a 'registry' entry)")
     given = [k for k in ("weights", "pretrained", "random") if k in entry]
@@ -245,6 +259,18 @@ def _attach_layout(ds: Dataset, sources: dict[str, SourceSpec]) -> None:
             sources[dest] = replace(spec, layout={"role": role, **read, **extra})
 
 
+def _directory_sources(
+    key: str, names: list[str], entries: list[dict[str, Any]], sources: dict[str, SourceSpec]
+) -> str:
+    """Sources for the files of one directory (a hub repo); each file has its own key
+    (`<key>/<file>`), hence its own entry in the sources lock. Returns the directory."""
+    folder = f"{SOURCES_DIR}/{key.replace('.', '/')}"
+    for file, entry in zip(names, entries, strict=True):
+        dest = f"{folder}/{file}"
+        sources[dest] = SourceSpec(key=f"{key}/{file}", entry=dict(entry), dest=dest, is_dir=False)
+    return folder
+
+
 def load(raw: dict[str, Any], source: str = "config") -> Config:
     """Validate and normalise a configuration mapping (as Snakemake's `config`)."""
     cfg = validate(raw, source)
@@ -260,7 +286,13 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
     models = {}
     for name, entry in cfg["models"].items():
         entry = _resolve_model(name, entry, source)
-        if "weights" in entry:
+        if isinstance(entry["arch"], dict):  # a model config fetched from a hub
+            entry["arch"] = _source_path(f"models.{name}.arch", entry["arch"], False, sources)
+        if isinstance(entry.get("weights"), list):  # files of one directory (a hub repo)
+            entry["weights"] = _directory_sources(
+                f"models.{name}.weights", entry["files"], entry["weights"], sources
+            )
+        elif "weights" in entry:
             entry["weights"] = _source_path(
                 f"models.{name}.weights", entry["weights"], False, sources
             )
@@ -276,12 +308,20 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
             if ds not in datasets:
                 raise RsmEvalError(f"{where}: unknown dataset {ds!r}")
         base = models[ft["base"]]
+        if base.backend != "open_clip":
+            raise RsmEvalError(
+                f"{where}.base: fine-tuning runs open_clip_train; {ft['base']!r} "
+                f"is a {base.backend} model"
+            )
         # The trained weights are a product of the workflow, evaluated like any checkpoint.
         models[name] = Model(
             name=name,
             arch=base.arch,
             weights=finetune_weights(name),
             force_quick_gelu=base.force_quick_gelu,
+            activation=base.activation,
+            preprocess=base.preprocess,
+            text=base.text,
             label=f"{ft['base']} fine-tuned",
         )
     confirm_with = (cfg.get("leakage") or {}).get("confirm_with")

@@ -179,7 +179,7 @@ def _embed_images(
     batches = ((keys[i * batch_size : i * batch_size + len(x)], x) for i, x in enumerate(loader))
 
     def encode(x):
-        return loaded.model.encode_image(x.to(device, non_blocking=True))
+        return loaded.encode_image(x.to(device, non_blocking=True))
 
     with torch.inference_mode(), _autocast(device, autocast):
         _run_batches(batches, encode, writer, device, "images", workers)
@@ -329,7 +329,7 @@ def _embed_texts(
 
     def encode(tokens):
         tokens = tokens.to(device, non_blocking=True)
-        return _encode_text_cut(model, tokens) if trim else model.encode_text(tokens)
+        return _encode_text_cut(model, tokens) if trim else loaded.encode_text(tokens)
 
     with torch.inference_mode(), _autocast(device, autocast):
         batches = _text_batches(windows, keys, window, batch_size, trim)

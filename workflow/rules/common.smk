@@ -130,7 +130,9 @@ def used_paths():
     localized = set(CFG.localization.get("models") or [])
     for name in sorted({e.model for e in CFG.evaluations} | localized):
         m = CFG.models[name]
-        if m.weights is not None:
+        if m.files:  # files of one directory (a hub repo), each its own source
+            out += [(f"models.{name}.weights", f"{m.weights}/{f}") for f in m.files]
+        elif m.weights is not None:
             out.append((f"models.{name}.weights", m.weights))
         if rsm_models.is_config_path(m.arch):
             out.append((f"models.{name}.arch", m.arch))
@@ -197,7 +199,9 @@ def model_address(name):
 def model_inputs(name):
     m = CFG.models[name]
     files = {}
-    if m.weights is not None:
+    if m.files:
+        files["weights"] = [source(f"{m.weights}/{f}") for f in m.files]
+    elif m.weights is not None:
         files["weights"] = source(m.weights)
     if rsm_models.is_config_path(m.arch):
         files["arch"] = source(m.arch)

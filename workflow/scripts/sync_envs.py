@@ -31,7 +31,7 @@ ENVS = {
         ],
     },
     "torch": {
-        "doc": "Embedding steps: torch (CUDA wheels), torchvision and open_clip.",
+        "doc": "Embedding steps: torch (CUDA wheels), torchvision, open_clip and transformers.",
         "packages": [
             "numpy",
             "pandas",
@@ -44,6 +44,10 @@ ENVS = {
             "open_clip_torch",
             "scipy",
             "opencv-python-headless",
+            "transformers",
+            "tokenizers",
+            "sentencepiece",
+            "protobuf",
         ],
     },
 }
