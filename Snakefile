@@ -7,6 +7,7 @@
 #   embed          features of the evaluated split      (workflow/rules/embed.smk)
 #   evaluate       recall@k by the published protocol  (workflow/rules/evaluate.smk)
 #   leakage        duplicates across train/test splits  (workflow/rules/leakage.smk)
+#   scenes         scene classification: zero-shot, probes (workflow/rules/scenes.smk)
 #   report         CSV, Markdown, HTML, provenance      (workflow/rules/report.smk)
 #
 # All logic is in the Python package workflow/rsm_eval; each rule is one call into it.
@@ -28,6 +29,7 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/leakage.smk"
+include: "workflow/rules/scenes.smk"
 include: "workflow/rules/report.smk"
 
 

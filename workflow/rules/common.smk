@@ -54,6 +54,10 @@ CODE = {
         "leakage": "leakage",
         "finetune": "finetune",
         "classify": "classify",
+        "scene_manifest": "scenes",
+        "scene_eval": "scene_eval",
+        "probe": "probe",
+        "scene_report": "scene_report",
     }.items()
 }
 
@@ -82,11 +86,13 @@ def source(path):
 def used_paths():
     """(config key, local path) of every file the requested evaluations read."""
     out = []
-    for name in sorted({e.dataset for e in CFG.evaluations}):
+    evaluated = list(CFG.evaluations) + list(CFG.scene_evaluations)
+    for name in sorted({e.dataset for e in evaluated}):
         ds = CFG.datasets[name]
-        out += [(f"datasets.{name}.annotations", ds.annotations)]
+        if ds.annotations:  # a class-folder dataset has none
+            out += [(f"datasets.{name}.annotations", ds.annotations)]
         out += [(f"datasets.{name}.images", ds.images)]
-    for name in sorted({e.model for e in CFG.evaluations}):
+    for name in sorted({e.model for e in evaluated}):
         m = CFG.models[name]
         if m.weights is not None:
             out.append((f"models.{name}.weights", m.weights))
@@ -335,6 +341,21 @@ CLASSIFICATION_FILES = (
     sorted({f"results/classification/{m}/{d}.json" for m, d in CFG.model_datasets()})
     if CFG.raw["classification"]["enabled"]
     else []
+)
+# Scene classification (class-folder and label-CSV datasets): manifests, zero-shot per model
+# and template set, linear probes per model (all from cached image features).
+PROBE = CFG.raw["classification"]["linear_probe"]
+SCENE_FILES = (
+    sorted({f"results/scenes/{e.dataset}/summary.json" for e in CFG.scene_evaluations})
+    + [
+        f"results/scenes/{e.dataset}/zeroshot/{e.model}/{e.templates}.json"
+        for e in CFG.scene_evaluations
+    ]
+    + (
+        [f"results/scenes/{d}/probe/{m}.json" for m, d in CFG.scene_pairs()]
+        if PROBE["enabled"]
+        else []
+    )
 )
 FINETUNE_RECORDS = [f"results/finetune/{n}/model.json" for n in CFG.finetunes]
 REPORT_FILES = [

@@ -54,11 +54,13 @@ rule classify:
         "results/logs/classify/{model}/{dataset}.log",
     conda:
         "../../envs/torch.yaml"
+    threads: 2
     resources:
         gpu=1,
     params:
         model=lambda wc: model_json(wc.model),
         split=lambda wc: CFG.datasets[wc.dataset].split,
+        labels=lambda wc: CFG.datasets[wc.dataset].image_labels,
         templates=CFG.raw["classification"]["templates"],
         cache_dir=CFG.cache_dir,
         device=CFG.embed["device"],
@@ -66,6 +68,6 @@ rule classify:
     shell:
         "python -m rsm_eval classify --model {params.model:q} --dataset {wildcards.dataset:q}"
         " --captions {input.captions:q} --image-features {input.images:q}"
-        " --split {params.split:q} --templates {params.templates:q}"
+        " --split {params.split:q} --labels {params.labels} --templates {params.templates:q}"
         " --cache-dir {params.cache_dir:q} --device {params.device} --out {output:q}"
         " 2> {log:q}"

@@ -9,6 +9,7 @@ rule report:
         audit=["results/leakage/audit.json"] if LEAKAGE else [],
         clean=CLEAN_METRICS_FILES,
         classification=CLASSIFICATION_FILES,
+        scenes=SCENE_FILES,
         finetunes=FINETUNE_RECORDS,
     output:
         csv=report(
@@ -37,11 +38,12 @@ rule report:
             else ""
         ),
         code=CODE["report"],
+        scene_code=CODE["scene_report"],
     shell:
         "python -m rsm_eval report --metrics {input.metrics:q}"
         " --summaries {input.summaries:q} --out-dir results/report"
         " --workflow-root {params.root:q} --published-keys {params.published:q}"
         " --tolerance {params.tolerance} --paired {input.paired:q}"
         " --clean-metrics {input.clean:q} --classification {input.classification:q}"
-        " --finetunes {input.finetunes:q}"
+        " --finetunes {input.finetunes:q} --scenes {input.scenes:q}"
         " {params.leakage} 2> {log:q}"

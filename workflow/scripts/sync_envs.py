@@ -18,8 +18,16 @@ PYTHON = "3.11"
 # Which pinned packages each kind of step imports.
 ENVS = {
     "data": {
-        "doc": "Light data steps (demo, manifests, evaluate, report): no torch.",
-        "packages": ["numpy", "pandas", "pyarrow", "pillow", "pyyaml", "jsonschema"],
+        "doc": "Light data steps (demo, manifests, evaluate, linear probes, report): no torch.",
+        "packages": [
+            "numpy",
+            "pandas",
+            "pyarrow",
+            "pillow",
+            "pyyaml",
+            "jsonschema",
+            "scikit-learn",
+        ],
     },
     "torch": {
         "doc": "Embedding steps: torch (CUDA wheels), torchvision and open_clip.",
