@@ -192,7 +192,7 @@ def test_use_conda_dry_run_on_real_config_plans_or_names_missing_data():
         if ds.get("evaluate") is False:
             continue  # declared for training or leakage only: not needed by default
         for key in ("annotations", "images"):
-            src = ds[key]
+            src = ds.get(key)  # a class-folder dataset has no annotations
             path = src.get("path") if isinstance(src, dict) else src
             if path and "://" not in path:
                 wanted.append(path)
@@ -233,8 +233,13 @@ def test_use_conda_dry_run_on_real_config_with_the_data_in_place(small_benchmark
     asks `conda info` even in a dry run once jobs need envs: without conda (as here) that is
     the one thing that stops it."""
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    scene_sets = {n: ds for n, ds in cfg["datasets"].items() if ds["format"] == "class-folders"}
     for ds in cfg["datasets"].values():
         if ds.get("evaluate") is False:
+            continue
+        if ds["format"] == "class-folders":
+            if "path" in ds["images"]:  # manual: a stand-in class folder
+                (tmp_path / ds["images"]["path"] / "aClass").mkdir(parents=True)
             continue
         ann, img = Path(tmp_path / ds["annotations"]["path"]), Path(tmp_path / ds["images"]["path"])
         ann.parent.mkdir(parents=True, exist_ok=True)
@@ -256,6 +261,12 @@ def test_use_conda_dry_run_on_real_config_with_the_data_in_place(small_benchmark
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.MULTILINE))
     n_models, n_datasets = len(cfg["models"]), 3
     assert counts["fetch_file"] == "4"  # the four downloadable checkpoints
+    fetched = [d for d in scene_sets.values() if "url" in d["images"]]
+    assert counts["fetch_dir"] == str(len(fetched))  # the downloadable scene datasets
+    assert counts["scene_manifest"] == str(len(scene_sets))
+    assert counts["scene_features"] == counts["linear_probe"] == str(n_models * len(scene_sets))
+    n_sets = sum(len(d["templates"]) for d in scene_sets.values())
+    assert counts["zeroshot"] == str(n_models * n_sets)
     assert counts["manifest"] == str(n_datasets)
     assert counts["embed"] == counts["evaluate"] == str(n_models * n_datasets)
     assert counts["report"] == "1"
