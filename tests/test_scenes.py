@@ -229,3 +229,54 @@ def test_prompt_names_rules():
     assert scenes.prompt_names(ids, "lower") == ["agrass", "storage tanks"]
     assert scenes.prompt_names(ids, "words", {"aGrass": "meadow"})[0] == "meadow"
     assert np.array_equal(np.arange(2), np.arange(2))
+
+
+# -------------------------------------------------------------------------------- config
+
+
+def _cfg(**extra):
+    base = {
+        "datasets": {
+            "sc": {"format": "class-folders", "images": "x", "templates": ["single", "georsclip"]},
+            "ret": {"format": "csv", "annotations": "a.csv", "images": "i"},
+        },
+        "models": {"m": {"arch": "ViT-B-32", "random": 0}},
+    }
+    base.update(extra)
+    return base
+
+
+def test_config_scene_evaluations():
+    from rsm_eval import config
+
+    cfg = config.load(_cfg())
+    assert cfg.datasets["sc"].split == "all" and cfg.datasets["sc"].annotations == ""
+    assert [(e.dataset, e.templates) for e in cfg.scene_evaluations] == [
+        ("sc", "single"),
+        ("sc", "georsclip"),
+    ]
+    assert [e.dataset for e in cfg.evaluations] == ["ret"]
+    picked = config.load(
+        _cfg(evaluations=[{"model": "m", "dataset": "sc", "templates": "skyscript"}])
+    )
+    assert [e.templates for e in picked.scene_evaluations] == [
+        "skyscript"
+    ] and not picked.evaluations
+    bad = [
+        (
+            {"evaluations": [{"model": "m", "dataset": "sc", "templates": "nope"}]},
+            "unknown template",
+        ),
+        (
+            {"evaluations": [{"model": "m", "dataset": "ret", "templates": "single"}]},
+            "only for scene",
+        ),
+        ({"evaluations": [{"model": "m", "dataset": "sc", "protocol": "skyscript"}]}, "retrieval"),
+        ({"leakage": {"train": [{"dataset": "sc"}]}}, "is a scene dataset"),
+    ]
+    for extra, match in bad:
+        with pytest.raises(RsmEvalError, match=match):
+            config.load(_cfg(**extra))
+    with pytest.raises(RsmEvalError, match="'annotations' is a required property"):
+        config.load({"datasets": {"l": {"format": "label-csv", "images": "x"}},
+                     "models": {"m": {"arch": "ViT-B-32", "random": 0}}})  # fmt: skip

@@ -286,6 +286,8 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
         for ds in [s_["dataset"] for s_ in ft["sources"]] + list(ft.get("tests", [])):
             if ds not in datasets:
                 raise RsmEvalError(f"{where}: unknown dataset {ds!r}")
+            if datasets[ds].is_scene:
+                raise RsmEvalError(f"{where}: {ds!r} is a scene dataset, not a caption dataset")
         base = models[ft["base"]]
         # The trained weights are a product of the workflow, evaluated like any checkpoint.
         models[name] = Model(
@@ -303,6 +305,11 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
             raise RsmEvalError(
                 f"{source}: leakage.train.{i}.dataset: unknown dataset {t['dataset']!r} "
                 f"(configured: {', '.join(datasets)})"
+            )
+        if datasets[t["dataset"]].is_scene:
+            raise RsmEvalError(
+                f"{source}: leakage.train.{i}.dataset: {t['dataset']!r} is a scene dataset; the "
+                "audit reads caption manifests"
             )
     scene_evaluations: list[SceneEvaluation] = []
     if "evaluations" in cfg:
