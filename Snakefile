@@ -8,6 +8,7 @@
 #   evaluate       recall@k by the published protocol  (workflow/rules/evaluate.smk)
 #   leakage        duplicates across train/test splits  (workflow/rules/leakage.smk)
 #   localize       semantic localization on AIR-SLT     (workflow/rules/localize.smk)
+#   scenes         scene classification: zero-shot, probes (workflow/rules/scenes.smk)
 #   report         CSV, Markdown, HTML, provenance      (workflow/rules/report.smk)
 #
 # All logic is in the Python package workflow/rsm_eval; each rule is one call into it.
@@ -30,6 +31,7 @@ include: "workflow/rules/embed.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/leakage.smk"
 include: "workflow/rules/localize.smk"
+include: "workflow/rules/scenes.smk"
 include: "workflow/rules/report.smk"
 
 

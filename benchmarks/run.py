@@ -4,6 +4,7 @@
                                              # (the full-size cold evaluation is ~10 min)
     python benchmarks/run.py --quick         # scaled down (~1-3 min), a smoke test
     python benchmarks/run.py --only eval     # one benchmark: embed, eval, score, incremental
+    python benchmarks/run.py --only scenes   # PatternNet-shaped scene classification (~1 h)
 
 Each target is measured against its own reference in the same run on the same machine (the
 bare forward pass, the seed's evaluation loop, the matrix-multiply floor, Snakemake's start-up),
@@ -29,7 +30,10 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 from common import Report, fmt  # noqa: E402
 
-BENCHES = ("embed", "eval", "score", "incremental")
+BENCHES = ("embed", "eval", "score", "incremental", "scenes")
+# PatternNet-scale scene classification (30,400 images) takes most of an hour on 2 cores: run it
+# with --only scenes.
+DEFAULT_BENCHES = ("embed", "eval", "score", "incremental")
 RSICD_TEST = (1093, 3331)  # images, distinct captions; 5 captions per image
 
 
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data")
     args = parser.parse_args(argv)
-    only = args.only or list(BENCHES)
+    only = args.only or list(DEFAULT_BENCHES)
     unknown = set(only) - set(BENCHES)
     if unknown:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {BENCHES}")
@@ -218,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n[4] incremental work", flush=True)
             bench_incremental.run(report, tmp / "incremental", quick=args.quick)
+        if "scenes" in only:
+            import bench_scenes
+
+            print("\n[5] scene classification through the workflow", flush=True)
+            (tmp / "scenes").mkdir()
+            figures["scenes"] = bench_scenes.run(report, tmp / "scenes", quick=args.quick)
     finally:
         if args.keep:
             print(f"temporary data kept in {tmp}")

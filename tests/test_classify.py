@@ -113,7 +113,8 @@ def test_class_labels_validates_input():
 
 def test_class_text():
     assert class_text("dense_residential") == "dense residential"
-    assert class_text("baseballfield") == "baseballfield"
+    assert class_text("baseballfield") == "baseball field"  # run-together known words
+    assert class_text("chaparral") == "chaparral"
     assert class_text("storage-tanks") == "storage tanks"
     with pytest.raises(RsmEvalError, match="non-empty class name"):
         class_text("_")

@@ -198,7 +198,14 @@ def test_dry_run_on_real_config_without_data_plans_the_downloads(tmp_path):
     assert "Traceback (most recent call last)" not in out, out
     assert proc.returncode == 0, out
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.MULTILINE))
-    assert counts["fetch_file"] == "7" and counts["fetch_dir"] == "3", out
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    scene_urls = [
+        d
+        for d in cfg["datasets"].values()
+        if d["format"] == "class-folders" and "url" in d["images"]
+    ]
+    assert counts["fetch_file"] == "7", out
+    assert counts["fetch_dir"] == str(3 + len(scene_urls)), out
     for rule in ("manifest", "embed", "evaluate", "report"):
         assert re.search(rf"\b{rule}\b", out), out
     assert not (tmp_path / "results").exists()  # a dry run downloads nothing
@@ -219,8 +226,13 @@ def test_use_conda_dry_run_on_real_config_with_the_data_in_place(small_benchmark
     info` even in a dry run once jobs need envs: without conda (as here) that is the one thing
     that stops it."""
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    scene_sets = {n: ds for n, ds in cfg["datasets"].items() if ds["format"] == "class-folders"}
     for name, ds in cfg["datasets"].items():
         if ds.get("evaluate") is False:
+            continue
+        if ds["format"] == "class-folders":
+            if "path" in ds["images"]:  # manual: a stand-in class folder
+                (tmp_path / ds["images"]["path"] / "aClass").mkdir(parents=True)
             continue
         ann, img = tmp_path / "data" / name / "dataset.json", tmp_path / "data" / name / "images"
         ann.parent.mkdir(parents=True, exist_ok=True)
@@ -244,7 +256,13 @@ def test_use_conda_dry_run_on_real_config_with_the_data_in_place(small_benchmark
     assert proc.returncode == 0, out
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.MULTILINE))
     n_models, n_datasets = len(cfg["models"]), 3
-    assert counts["fetch_file"] == "4" and "fetch_dir" not in counts  # the four checkpoints
+    assert counts["fetch_file"] == "4"  # the four downloadable checkpoints
+    fetched = [d for d in scene_sets.values() if "url" in d["images"]]
+    assert counts["fetch_dir"] == str(len(fetched))  # the downloadable scene datasets
+    assert counts["scene_manifest"] == str(len(scene_sets))
+    assert counts["scene_features"] == counts["linear_probe"] == str(n_models * len(scene_sets))
+    n_sets = sum(len(d["templates"]) for d in scene_sets.values())
+    assert counts["zeroshot"] == str(n_models * n_sets)
     assert counts["manifest"] == str(n_datasets)
     assert counts["embed"] == counts["evaluate"] == str(n_models * n_datasets)
     assert counts["report"] == "1"

@@ -110,3 +110,45 @@ def test_localization_of_the_generated_scene(demo):
     assert "## Semantic localization" in md and "tiny-finetuned" in md
     html = (demo / "results/report/report.html").read_text()
     assert html.count('<img src="data:image/png;base64,') >= 6
+
+
+def test_scene_classification(demo):
+    from rsm_eval import schemas
+
+    scene = demo / "results/scenes/demo-scenes"
+    summary = json.loads((scene / "summary.json").read_text())
+    assert summary["counts"]["all"]["classes"] == 12
+    assert summary["counts"]["all"]["images"] == 148
+    assert summary["class_names"]["lStorageTanks"] == "storage tanks"
+    assert summary["class_names"]["bBaseballField"] == "baseball field"
+    # The scene set holds the retrieval test images' bytes: features are keyed by content, so
+    # every image is embedded once whichever of the two jobs ran first.
+    meta = schemas.read_meta(scene / "features/tiny-seed0.parquet")
+    assert meta["images_computed"] + meta["images_reused"] == 148
+    embed = schemas.read_meta(demo / "results/features/tiny-seed0/demo/remoteclip/images.parquet")
+    assert (
+        meta["images_reused"] == 100
+        or embed["images_reused"] == 100
+        or (
+            meta["images_computed"] == 148 and embed["images_computed"] == 100  # ran at once
+        )
+    )
+    log = (demo / "results/logs/scene_features/demo-scenes/tiny-seed0.log").read_text()
+    assert "already in the feature store" in log and "images/s" in log
+    zs = {
+        (m, t): json.loads((scene / f"zeroshot/{m}/{t}.json").read_text())
+        for m in ("tiny-seed0", "tiny-finetuned")
+        for t in ("georsclip", "skyscript", "single")
+    }
+    assert zs[("tiny-finetuned", "georsclip")]["n_templates"] == 105
+    z = zs[("tiny-finetuned", "skyscript")]
+    assert z["n"] == 148 and len(z["confusion"]) == 12
+    assert z["ci"]["top1"][0] <= z["top1"] <= z["ci"]["top1"][1]
+    assert z["top1"] > zs[("tiny-seed0", "skyscript")]["top1"]
+    probe = json.loads((scene / "probe/tiny-finetuned.json").read_text())
+    assert (
+        set(probe["results"]) == {"1", "2", "4"} and probe["n_test"] + probe["n_train_pool"] == 148
+    )
+    md = (demo / "results/report/report.md").read_text()
+    assert "## Scene classification: demo-scenes" in md and "Linear probe" in md
+    assert "<details><summary>Confusion matrix" in (demo / "results/report/report.html").read_text()

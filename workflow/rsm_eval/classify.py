@@ -26,7 +26,10 @@ from rsm_eval.errors import RsmEvalError
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "UCM_CLASSES",
     "class_labels",
+    "class_scores",
+    "classifier",
     "class_text",
     "label_indices",
     "prompts",
@@ -39,6 +42,16 @@ DEFAULT_TEMPLATES = (
     "a remote sensing image of {}.",
 )
 """Prompt templates; ``{}`` receives :func:`class_text` of the class."""
+
+UCM_CLASSES = (
+    "agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral",
+    "denseresidential", "forest", "freeway", "golfcourse", "harbor", "intersection",
+    "mediumresidential", "mobilehomepark", "overpass", "parkinglot", "river", "runway",
+    "sparseresidential", "storagetanks", "tenniscourt",
+)  # fmt: skip
+"""UC Merced Land Use's 21 classes in alphabetical order: UCM-Captions' ``n.tif`` is image
+``(n - 1) % 100`` of class ``(n - 1) // 100`` (ANCHORS, "Dataset sources")."""
+_UCM_RE = re.compile(r"^([1-9]\d{0,3})\.tif$")
 
 # <class><separator><number>: the class is letters, spaces, '_' or '-', starting with a
 # letter; the number follows the last separator. "00012" or "airport" have no class.
@@ -55,8 +68,18 @@ def _class_of(filename: str) -> str | None:
     return _SEPARATORS.sub("_", match.group(1).strip(" _-")).lower() if match else None
 
 
+def ucm_class(filename: str) -> str | None:
+    """Scene class of a UCM-Captions image name (``1.tif`` .. ``2100.tif``), else None."""
+    match = _UCM_RE.match(PurePosixPath(filename.replace("\\", "/")).name)
+    n = int(match.group(1)) if match else 0
+    return UCM_CLASSES[(n - 1) // 100] if 1 <= n <= 100 * len(UCM_CLASSES) else None
+
+
 def class_labels(
-    filenames: Iterable[str], *, class_map: Mapping[str, str] | None = None
+    filenames: Iterable[str],
+    *,
+    class_map: Mapping[str, str] | None = None,
+    scheme: str = "file-names",
 ) -> tuple[list[str | None], float]:
     """Scene class of each file name, and the share of names that have one.
 
@@ -66,8 +89,12 @@ def class_labels(
     hyphens. Names without a ``<class><sep><number>`` stem (UCM-Captions' ``1.tif`` ..
     ``2100.tif``, RSICD's numbered files) get ``None`` unless ``class_map`` (file name ->
     class, e.g. from a dataset's class folders) names their class; the map wins over the
-    name. Coverage is the labelled share in [0, 1].
+    name. With ``scheme="ucm-numbering"`` a UCM-Captions number names the class
+    (:func:`ucm_class`) instead of the file name. Coverage is the labelled share in [0, 1].
     """
+    if scheme not in ("file-names", "ucm-numbering"):
+        raise RsmEvalError(f"class_labels: unknown scheme {scheme!r}")
+    from_name = ucm_class if scheme == "ucm-numbering" else _class_of
     names = list(filenames)
     if not names:
         raise RsmEvalError("class_labels: expected at least one file name, got none")
@@ -78,7 +105,7 @@ def class_labels(
         label = None
         if class_map is not None and name in class_map:
             label = _SEPARATORS.sub("_", str(class_map[name]).strip(" _-")).lower() or None
-        labels.append(label if label is not None else _class_of(name))
+        labels.append(label if label is not None else from_name(name))
     coverage = sum(label is not None for label in labels) / len(labels)
     return labels, coverage
 
@@ -94,11 +121,15 @@ def label_indices(labels: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
 def class_text(label: str) -> str:
     """Readable class name for a prompt: ``dense_residential`` -> ``dense residential``.
 
-    Only separators change; run-together names (``baseballfield``) are kept as they are.
+    The scene datasets' rule (:func:`rsm_eval.scenes.class_words`): separators become spaces
+    and run-together names made of known words are split (``baseballfield`` -> ``baseball
+    field``, ``storagetanks`` -> ``storage tanks``).
     """
+    from .scenes import class_words
+
     if not isinstance(label, str) or not _SEPARATORS.sub("", label):
         raise RsmEvalError(f"class_text: expected a non-empty class name, got {label!r}")
-    return _SEPARATORS.sub(" ", label).strip()
+    return class_words(label)
 
 
 def prompts(classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> list[str]:
@@ -166,6 +197,33 @@ def _scores(img: np.ndarray, weights: np.ndarray, chunk_bytes: int = 64 << 20) -
     return out
 
 
+def _classifier(txt: np.ndarray, n_classes: int) -> np.ndarray:
+    """CLIP's prompt ensembling: mean of the normalised template embeddings, re-normalised."""
+    weights = txt.reshape(n_classes, txt.shape[0] // n_classes, -1).mean(axis=1)
+    norms = np.sqrt(_fixed_order_sum(weights * weights))
+    if (norms == 0).any():
+        c = int(np.flatnonzero(norms == 0)[0])
+        raise RsmEvalError(f"prompt_feats: the templates of class {c} average to zero")
+    return weights / norms[:, None]
+
+
+def classifier(prompt_feats: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, d) zero-shot classifier from L2-normalised prompt features in
+    :func:`prompts` order (class-major): each class's normalised mean template embedding."""
+    txt = _unit_rows(prompt_feats, "prompt_feats")
+    if txt.shape[0] % n_classes:
+        raise RsmEvalError(
+            f"prompt_feats: {txt.shape[0]} rows are not n_classes={n_classes} times a number "
+            "of templates"
+        )
+    return _classifier(txt, n_classes)
+
+
+def class_scores(image_feats: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(n, n_classes) float64 cosines, each summed in one fixed order (ties are exact)."""
+    return _scores(_unit_rows(image_feats, "image_feats"), np.asarray(weights, np.float64))
+
+
 def zero_shot(
     image_feats: np.ndarray,
     prompt_feats: np.ndarray,
@@ -224,14 +282,7 @@ def zero_shot(
     if keep.size == 0:
         raise RsmEvalError("labels_idx: no image has a class label")
 
-    # CLIP's prompt ensembling: mean of the normalised template embeddings, re-normalised.
-    weights = txt.reshape(n_classes, n_templates, -1).mean(axis=1)
-    norms = np.sqrt(_fixed_order_sum(weights * weights))
-    if (norms == 0).any():
-        c = int(np.flatnonzero(norms == 0)[0])
-        raise RsmEvalError(f"prompt_feats: the templates of class {c} average to zero")
-    weights /= norms[:, None]
-    scores = _scores(img[keep], weights)
+    scores = _scores(img[keep], _classifier(txt, n_classes))
     y = labels[keep]
     true = scores[np.arange(keep.size), y]
     classes = np.arange(n_classes)
@@ -272,6 +323,7 @@ def classify_split(
     *,
     split: str,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
+    labels: str = "file-names",
     cache_dir: Any,
     device: str = "auto",
     batch_size: int = 64,
@@ -286,15 +338,20 @@ def classify_split(
 
     captions, _ = schemas.read_table(captions_path, schemas.CAPTIONS)
     image_keys, image_shas, _, _ = evaluation_order(captions, split)
-    labels, coverage = class_labels(image_keys)
+    image_labels, coverage = class_labels(image_keys, scheme=labels)
     record: dict[str, Any] = {
         "n_images": len(image_keys),
         "coverage": 100.0 * coverage,
         "templates": list(templates),
+        "labels": labels,
+        "n_unlabelled": sum(label is None for label in image_labels),
     }
-    classes, idx = label_indices(labels)
+    classes, idx = label_indices(image_labels)
     if len(classes) < 2:
-        record.update(applicable=False, reason="fewer than two classes in the file names")
+        record.update(
+            applicable=False,
+            reason=f"fewer than two classes from the {labels}: the images are unlabelled",
+        )
         return record
     keys, feats, meta = embeddings.read_features(image_features)
     pos = {k: i for i, k in enumerate(keys)}

@@ -40,6 +40,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(json.dumps(summary.get("counts", {}), indent=1), file=sys.stderr)
 
 
+def cmd_demo_scenes(args: argparse.Namespace) -> None:
+    from .scene_demo import generate_scenes
+
+    counts = generate_scenes(Path(args.out), Path(args.karpathy), Path(args.images), seed=args.seed)
+    print(json.dumps(counts, indent=1), file=sys.stderr)
+
+
 def cmd_fetch(args: argparse.Namespace) -> None:
     from . import sources
 
@@ -198,6 +205,7 @@ def cmd_classify(args: argparse.Namespace) -> None:
             Path(args.image_features),
             split=args.split,
             templates=args.templates or classify.DEFAULT_TEMPLATES,
+            labels=args.labels,
             cache_dir=Path(args.cache_dir),
             device=device,
             batch_size=args.batch_size,
@@ -243,6 +251,67 @@ def cmd_demo_scene(args: argparse.Namespace) -> None:
 
     info = generate(Path(args.out), seed=args.seed, width=args.width, height=args.height)
     print(json.dumps(info), file=sys.stderr)
+
+
+def cmd_scene_manifest(args: argparse.Namespace) -> None:
+    from . import scenes
+
+    summary = scenes.write(
+        Dataset(**args.dataset), Path(args.out), Path(args.summary), code=args.code
+    )
+    print(json.dumps(summary["counts"], indent=1), file=sys.stderr)
+
+
+def cmd_scene_features(args: argparse.Namespace) -> None:
+    from . import gpus, scene_eval
+
+    cas.memo()
+    with gpus.claim_device(args.device) as device:
+        print(gpus.describe(device), file=sys.stderr)
+        scene_eval.scene_features(
+            Model(**args.model),
+            Path(args.manifest),
+            Path(args.images_root),
+            Path(args.out),
+            cache_dir=Path(args.cache_dir),
+            device=device,
+            batch_size=args.batch_size,
+            workers=args.workers,
+        )
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> None:
+    from . import gpus, scene_eval
+
+    with gpus.claim_device(args.device) as device:
+        record = scene_eval.zero_shot(
+            Model(**args.model),
+            Dataset(**args.dataset),
+            Path(args.manifest),
+            Path(args.features),
+            args.templates,
+            cache_dir=Path(args.cache_dir),
+            device=device,
+            batch_size=args.batch_size,
+            n_resamples=args.n_resamples,
+            seed=args.seed,
+            level=args.level,
+            code=args.code,
+        )
+    cas.write_json_atomic(args.out, record)
+    print(f"{args.templates}: top1 {record['top1']:.2f} top5 {record['top5']:.2f}", file=sys.stderr)
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    from . import probe
+
+    record = probe.probe_dataset(
+        args.dataset, args.model, args.split, Path(args.manifest), Path(args.features),
+        args.settings, code=args.code,
+    )  # fmt: skip
+    cas.write_json_atomic(args.out, record)
+    for label, r in record["results"].items():
+        print(f"{label}: top1 {r['top1_mean']:.2f} +- {r['top1_std']:.2f}", file=sys.stderr)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -328,6 +397,12 @@ def cmd_report(args: argparse.Namespace) -> None:
     if args.classification:
         classified = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.classification]
         extra.append(report.classification_section(classified))
+    if args.scenes:
+        from .scene_report import scene_sections
+
+        extra += scene_sections(
+            [Path(p) for p in args.scenes], args.published_keys, tolerance=args.tolerance
+        )
     paths = report.render(
         records,
         summaries,
@@ -562,8 +637,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="CPUs of the job (default: all)")
+    p.add_argument("--labels", choices=("file-names", "ucm-numbering"), default="file-names")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("demo-scenes", help="the demo's class-folder scene benchmark")
+    p.add_argument("--karpathy", required=True, help="the demo's Karpathy JSON")
+    p.add_argument("--images", required=True, help="its image directory")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_scenes)
+
+    p = sub.add_parser("scene-manifest", help="class folders / label CSV -> scene manifest")
+    p.add_argument("--dataset", type=_json_arg, required=True, help="dataset entry as JSON")
+    p.add_argument("--out", required=True)
+    p.add_argument("--summary", required=True)
+    p.add_argument("--code", default="")
+    p.set_defaults(func=cmd_scene_manifest)
+
+    p = sub.add_parser("scene-features", help="image features of a scene dataset (cached)")
+    p.add_argument("--model", type=_json_arg, required=True, help="model entry as JSON")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--images-root", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0)
+    p.set_defaults(func=cmd_scene_features)
+
+    p = sub.add_parser("zeroshot", help="zero-shot scene classification from cached features")
+    p.add_argument("--model", type=_json_arg, required=True, help="model entry as JSON")
+    p.add_argument("--dataset", type=_json_arg, required=True, help="dataset entry as JSON")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--features", required=True)
+    p.add_argument("--templates", required=True, help="template set name")
+    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--code", default="")
+    p.add_argument("--out", required=True)
+    _add_bootstrap_args(p)
+    p.set_defaults(func=cmd_zeroshot)
+
+    p = sub.add_parser("probe", help="few-shot linear probes on cached scene features")
+    p.add_argument("--model", required=True, help="model name")
+    p.add_argument("--dataset", required=True, help="dataset name")
+    p.add_argument("--split", required=True, help="the evaluated (test) split")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--features", required=True)
+    p.add_argument("--settings", type=_json_arg, required=True, help="classification.linear_probe")
+    p.add_argument("--code", default="")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("finetune", help="train a model with open_clip_train on caption manifests")
     p.add_argument(
@@ -669,6 +795,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audit", default=None, help="leakage audit output")
     p.add_argument("--clean-metrics", nargs="*", default=[], help="leakage-cleaned records")
     p.add_argument("--classification", nargs="*", default=[], help="classify stage records")
+    p.add_argument(
+        "--scenes", nargs="*", default=[], help="zeroshot / probe / scene manifest summaries"
+    )
     p.add_argument("--finetunes", nargs="*", default=[], help="finetune stage records")
     p.add_argument("--localization", nargs="*", default=[], help="localize stage records")
     p.add_argument("--image-roots", type=_json_arg, default={}, help="{dataset: image dir}")

@@ -19,6 +19,9 @@ from .errors import RsmEvalError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 REGISTRY_PATH = Path(__file__).resolve().parent / "data" / "registry.yaml"
+TEMPLATES_PATH = Path(__file__).resolve().parent / "data" / "templates.yaml"
+# Scene-classification formats (rsm_eval.scenes); the others are caption (retrieval) formats.
+SCENE_FORMATS = ("class-folders", "label-csv")
 # Where fetched sources land: results/sources/<kind>/<name>/<field>/<file name>.
 SOURCES_DIR = "results/sources"
 
@@ -56,6 +59,15 @@ class Dataset:
     max_image_pixels: int = 100_000_000
     published: str = ""
     evaluate: bool = True
+    # Scene datasets: class-name overrides and the template sets evaluated by default.
+    classnames: dict[str, str] = field(default_factory=dict)
+    templates: tuple[str, ...] = ("single",)
+    # Retrieval splits: where scene labels come from (file names, or UCM-Captions' numbers).
+    image_labels: str = "file-names"
+
+    @property
+    def is_scene(self) -> bool:
+        return self.format in SCENE_FORMATS
 
     def params(self) -> dict[str, Any]:
         """What changes the manifest besides the file contents (paths excluded on purpose)."""
@@ -114,6 +126,15 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class SceneEvaluation:
+    """Zero-shot classification of a scene dataset by one model with one template set."""
+
+    model: str
+    dataset: str
+    templates: str
+
+
+@dataclass(frozen=True)
 class Config:
     raw: dict[str, Any]
     datasets: dict[str, Dataset]
@@ -125,6 +146,11 @@ class Config:
     finetunes: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Semantic localization: {"datasets": {name: entry with local paths}, "models": [...]}.
     localization: dict[str, Any] = field(default_factory=dict)
+    scene_evaluations: tuple[SceneEvaluation, ...] = ()
+
+    def scene_pairs(self) -> list[tuple[str, str]]:
+        """Distinct (model, scene dataset) pairs that need scene features."""
+        return sorted({(e.model, e.dataset) for e in self.scene_evaluations})
 
     def model_datasets(self) -> list[tuple[str, str]]:
         """Distinct (model, dataset) pairs that need features."""
@@ -279,8 +305,16 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
     for name, entry in cfg["datasets"].items():
         entry = dict(entry)
         entry.setdefault("published", name)
+        if entry["format"] == "class-folders":
+            entry.setdefault("annotations", "")
+            if "split" not in raw["datasets"][name]:
+                entry["split"] = "all"  # a class-folder dataset has one split
         for fld, is_dir in (("annotations", False), ("images", True)):
-            entry[fld] = _source_path(f"datasets.{name}.{fld}", entry[fld], is_dir, sources)
+            if entry[fld] != "":
+                entry[fld] = _source_path(f"datasets.{name}.{fld}", entry[fld], is_dir, sources)
+        if "templates" in entry:
+            entry["templates"] = tuple(entry["templates"])
+            _check_template_sets(entry["templates"], f"{source}: datasets.{name}.templates")
         datasets[name] = Dataset(name=name, **entry)
         _attach_layout(datasets[name], sources)
     models = {}
@@ -307,6 +341,8 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
         for ds in [s_["dataset"] for s_ in ft["sources"]] + list(ft.get("tests", [])):
             if ds not in datasets:
                 raise RsmEvalError(f"{where}: unknown dataset {ds!r}")
+            if datasets[ds].is_scene:
+                raise RsmEvalError(f"{where}: {ds!r} is a scene dataset, not a caption dataset")
         base = models[ft["base"]]
         if base.backend != "open_clip":
             raise RsmEvalError(
@@ -333,6 +369,12 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
                 f"{source}: leakage.train.{i}.dataset: unknown dataset {t['dataset']!r} "
                 f"(configured: {', '.join(datasets)})"
             )
+        if datasets[t["dataset"]].is_scene:
+            raise RsmEvalError(
+                f"{source}: leakage.train.{i}.dataset: {t['dataset']!r} is a scene dataset; the "
+                "audit reads caption manifests"
+            )
+    scene_evaluations: list[SceneEvaluation] = []
     localization = _localization(cfg.get("localization"), models, sources, source)
     if "evaluations" in cfg:
         evaluations = []
@@ -347,13 +389,29 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
                     f"{source}: evaluations.{i}.dataset: unknown dataset {ev['dataset']!r} "
                     f"(configured: {', '.join(datasets)})"
                 )
+            if datasets[ev["dataset"]].is_scene:
+                scene_evaluations += _scene_evaluations(ev, datasets, f"{source}: evaluations.{i}")
+                continue
+            if "templates" in ev:
+                raise RsmEvalError(
+                    f"{source}: evaluations.{i}.templates: only for scene datasets "
+                    f"({', '.join(SCENE_FORMATS)}); {ev['dataset']!r} is "
+                    f"{datasets[ev['dataset']].format}"
+                )
             evaluations.append(Evaluation(**ev))
     else:
         evaluations = [
             Evaluation(model=m, dataset=d)
             for m in models
             for d, ds in datasets.items()
-            if ds.evaluate
+            if ds.evaluate and not ds.is_scene
+        ]
+        scene_evaluations = [
+            SceneEvaluation(model=m, dataset=d, templates=t)
+            for m in models
+            for d, ds in datasets.items()
+            if ds.evaluate and ds.is_scene
+            for t in ds.templates
         ]
     return Config(
         raw=cfg,
@@ -365,7 +423,26 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
         sources=sources,
         finetunes=finetunes,
         localization=localization,
+        scene_evaluations=tuple(dict.fromkeys(scene_evaluations)),
     )
+
+
+def _check_template_sets(names: tuple[str, ...], where: str) -> None:
+    known = yaml.safe_load(TEMPLATES_PATH.read_text(encoding="utf-8"))
+    for n in names:
+        if n not in known:
+            raise RsmEvalError(f"{where}: unknown template set {n!r} (known: {', '.join(known)})")
+
+
+def _scene_evaluations(
+    ev: dict[str, Any], datasets: dict[str, Dataset], where: str
+) -> list[SceneEvaluation]:
+    """An evaluation of a scene dataset: its `templates`, or the dataset's template sets."""
+    if ev.get("protocol", "remoteclip") != "remoteclip" or ev.get("autocast"):
+        raise RsmEvalError(f"{where}: protocol and autocast apply to retrieval datasets only")
+    names = (ev["templates"],) if "templates" in ev else datasets[ev["dataset"]].templates
+    _check_template_sets(tuple(names), f"{where}.templates")
+    return [SceneEvaluation(model=ev["model"], dataset=ev["dataset"], templates=t) for t in names]
 
 
 def _localization(

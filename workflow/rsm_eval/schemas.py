@@ -151,3 +151,21 @@ def read_meta(path: Path | str) -> dict:
     """Provenance metadata of a table without reading its data."""
     raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
     return json.loads(raw) if raw else {}
+
+
+# scenes (scene manifests -> scene features, zero-shot, linear probe): one row per image of a
+# class-folder or label-CSV dataset. class_id: the folder path (relative to the root) or the
+# CSV label; class_name: its readable form (words), which prompts use by default.
+SCENES = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("image_key", pa.string(), nullable=False),
+        pa.field("image_path", pa.string(), nullable=False),
+        pa.field("image_sha256", pa.string(), nullable=False),
+        pa.field("class_id", pa.string(), nullable=False),
+        pa.field("class_name", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+    ]
+)

@@ -92,6 +92,10 @@ CODE = {
         "classify": "classify",
         "localize": "localize",
         "localize_report": "localize_report",
+        "scene_manifest": "scenes",
+        "scene_eval": "scene_eval",
+        "probe": "probe",
+        "scene_report": "scene_report",
     }.items()
 }
 
@@ -120,15 +124,17 @@ def source(path):
 def used_paths():
     """(config key, local path) of every file the requested evaluations read."""
     out = []
-    for name in sorted({e.dataset for e in CFG.evaluations}):
+    evaluated = list(CFG.evaluations) + list(CFG.scene_evaluations)
+    for name in sorted({e.dataset for e in evaluated}):
         ds = CFG.datasets[name]
-        out += [(f"datasets.{name}.annotations", ds.annotations)]
+        if ds.annotations:  # a class-folder dataset has none
+            out += [(f"datasets.{name}.annotations", ds.annotations)]
         out += [(f"datasets.{name}.images", ds.images)]
     for name, ds in sorted((CFG.localization.get("datasets") or {}).items()):
         for fld in ("root",) if "root" in ds else ("annotations", "images"):
             out += [(f"localization.datasets.{name}.{fld}", ds[fld])]
     localized = set(CFG.localization.get("models") or [])
-    for name in sorted({e.model for e in CFG.evaluations} | localized):
+    for name in sorted({e.model for e in evaluated} | localized):
         m = CFG.models[name]
         if m.files:  # files of one directory (a hub repo), each its own source
             out += [(f"models.{name}.weights", f"{m.weights}/{f}") for f in m.files]
@@ -380,6 +386,21 @@ CLASSIFICATION_FILES = (
     sorted({f"results/classification/{m}/{d}.json" for m, d in CFG.model_datasets()})
     if CFG.raw["classification"]["enabled"]
     else []
+)
+# Scene classification (class-folder and label-CSV datasets): manifests, zero-shot per model
+# and template set, linear probes per model (all from cached image features).
+PROBE = CFG.raw["classification"]["linear_probe"]
+SCENE_FILES = (
+    sorted({f"results/scenes/{e.dataset}/summary.json" for e in CFG.scene_evaluations})
+    + [
+        f"results/scenes/{e.dataset}/zeroshot/{e.model}/{e.templates}.json"
+        for e in CFG.scene_evaluations
+    ]
+    + (
+        [f"results/scenes/{d}/probe/{m}.json" for m, d in CFG.scene_pairs()]
+        if PROBE["enabled"]
+        else []
+    )
 )
 FINETUNE_RECORDS = [f"results/finetune/{n}/model.json" for n in CFG.finetunes]
 REPORT_FILES = [

@@ -26,3 +26,22 @@ rule demo_benchmark:
         " --n-train {params.n_train} --n-val {params.n_val} --n-test {params.n_test}"
         " --n-csv-images {params.n_csv_images}"
         " 2> {log:q}"
+
+
+# The demo's class-folder scene benchmark: the test images above (same bytes) in class
+# folders named like the real datasets' (aAirport ... lStorageTanks), plus fresh images.
+rule demo_scenes:
+    input:
+        annotations=f"{DEMO_OUT}/dataset_demo.json",
+        images=f"{DEMO_OUT}/images",
+    output:
+        directory(f"{DEMO_OUT}/scenes"),
+    log:
+        "results/logs/demo_scenes.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        seed=DEMO.get("seed", 0),
+    shell:
+        "python -m rsm_eval demo-scenes --karpathy {input.annotations:q}"
+        " --images {input.images:q} --out {output:q} --seed {params.seed} 2> {log:q}"

@@ -60,6 +60,7 @@ rule classify:
     params:
         model=lambda wc: model_json(wc.model),
         split=lambda wc: CFG.datasets[wc.dataset].split,
+        labels=lambda wc: CFG.datasets[wc.dataset].image_labels,
         templates=CFG.raw["classification"]["templates"],
         cache_dir=CFG.cache_dir,
         device=CFG.embed["device"],
@@ -67,6 +68,6 @@ rule classify:
     shell:
         "python -m rsm_eval classify --model {params.model:q} --dataset {wildcards.dataset:q}"
         " --captions {input.captions:q} --image-features {input.images:q}"
-        " --split {params.split:q} --templates {params.templates:q}"
+        " --split {params.split:q} --labels {params.labels} --templates {params.templates:q}"
         " --cache-dir {params.cache_dir:q} --device {params.device} --out {output:q}"
         " --threads {threads} 2> {log:q}"

@@ -9,6 +9,7 @@ rule report:
         audit=["results/leakage/audit.json"] if LEAKAGE else [],
         clean=CLEAN_METRICS_FILES,
         classification=CLASSIFICATION_FILES,
+        scenes=SCENE_FILES,
         finetunes=FINETUNE_RECORDS,
         localization=LOCALIZATION_FILES,
     output:
@@ -39,6 +40,7 @@ rule report:
         ),
         code=CODE["report"],
         localization_code=CODE["localize_report"],
+        scene_code=CODE["scene_report"],
     shell:
         "python -m rsm_eval report --metrics {input.metrics:q}"
         " --summaries {input.summaries:q} --out-dir results/report"
@@ -46,4 +48,5 @@ rule report:
         " --tolerance {params.tolerance} --paired {input.paired:q}"
         " --clean-metrics {input.clean:q} --classification {input.classification:q}"
         " --finetunes {input.finetunes:q} --localization {input.localization:q}"
+        " --scenes {input.scenes:q}"
         " {params.leakage} 2> {log:q}"

@@ -18,7 +18,7 @@ PYTHON = "3.11"
 # Which pinned packages each kind of step imports.
 ENVS = {
     "data": {
-        "doc": "Light data steps (fetch, demo, manifests, evaluate, report): no torch.",
+        "doc": "Light data steps (fetch, demo, manifests, evaluate, linear probes, report): no torch.",
         "packages": [
             "numpy",
             "pandas",
@@ -28,6 +28,7 @@ ENVS = {
             "jsonschema",
             "libarchive-c",
             "opencv-python-headless",
+            "scikit-learn",
         ],
     },
     "torch": {
