@@ -8,6 +8,7 @@ schema are filled in so the rest of the package never guesses.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -481,6 +482,35 @@ def _localization(
                 f"(configured: {', '.join(models)})"
             )
     return {"datasets": datasets, "models": list(dict.fromkeys(chosen))}
+
+
+def without_sources(cfg: Config, keys: Iterable[str]) -> Config:
+    """`cfg` less every evaluation that reads one of the source `keys` (config keys such as
+    `datasets.aid.images` or `models.x.weights`): what a dry run can still plan."""
+    dropped: dict[str, set[str]] = {"datasets": set(), "models": set()}
+    loc_dropped: set[str] = set()
+    for key in keys:
+        parts = key.split(".")
+        if parts[0] in dropped:
+            dropped[parts[0]].add(parts[1])
+        elif parts[:2] == ["localization", "datasets"]:
+            loc_dropped.add(parts[2])
+
+    def kept(e: Any) -> bool:
+        return e.dataset not in dropped["datasets"] and e.model not in dropped["models"]
+
+    localization = cfg.localization
+    if localization:
+        localization = {
+            "datasets": {n: d for n, d in localization["datasets"].items() if n not in loc_dropped},
+            "models": [m for m in localization["models"] if m not in dropped["models"]],
+        }
+    return replace(
+        cfg,
+        evaluations=tuple(e for e in cfg.evaluations if kept(e)),
+        scene_evaluations=tuple(e for e in cfg.scene_evaluations if kept(e)),
+        localization=localization,
+    )
 
 
 def load_file(path: Path | str) -> Config:

@@ -145,8 +145,8 @@ def used_paths():
     return out
 
 
-def check_manual_sources():
-    """Stop before any job with one message listing every missing file the user must provide."""
+def missing_manual_sources():
+    """Every missing file the user must provide (one error listing them all), or None."""
     manual = []
     for key, path in used_paths():
         spec = CFG.sources.get(path)
@@ -159,13 +159,23 @@ def check_manual_sources():
             raise WorkflowError(str(exc))
     try:
         rsm_sources.check_available(manual)  # url sources are left to the fetch jobs
-    except RsmEvalError as exc:
-        raise WorkflowError(str(exc))
+    except rsm_sources.MissingSourcesError as exc:
+        return exc
+    return None
 
 
 # Not when Snakemake only inspects the workflow (--lint, --list-rules): no jobs, no data needed.
-if workflow.check_envvars:
-    check_manual_sources()
+# The plan leaves out what reads a missing manual source, so that a dry run still shows
+# everything else (fetch jobs included); a real run stops before its first job (onstart).
+MISSING_SOURCES = missing_manual_sources() if workflow.check_envvars else None
+if MISSING_SOURCES is not None:
+    CFG = rsm_config.without_sources(CFG, [m.key for m in MISSING_SOURCES.missing])
+    print(f"{MISSING_SOURCES}\n(planned without these)", file=sys.stderr)
+
+
+onstart:
+    if MISSING_SOURCES is not None:
+        raise WorkflowError(str(MISSING_SOURCES))
 
 
 def source_address(path):
