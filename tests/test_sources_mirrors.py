@@ -479,3 +479,23 @@ def test_progress_lines_give_bytes_rate_and_time_left(capsys):
 def test_bad_mirror_entries_are_refused(entry, needle):
     with pytest.raises(RsmEvalError, match=needle):
         Source.from_config("k", entry)
+
+
+def test_shipped_config_fetches_the_three_benchmarks():
+    """config.yaml: RSITMD, RSICD and UCM-Captions are URL sources (no manual step), each
+    told how its dataset names images; UCM's images are UC Merced renamed by the recipe."""
+    from conftest import ROOT
+    from rsm_eval import config
+
+    cfg = config.load(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    for name in ("rsitmd", "rsicd", "ucm"):
+        ds = cfg.datasets[name]
+        ann, img = cfg.sources[ds.annotations], cfg.sources[ds.images]
+        assert "url" in ann.entry and "url" in img.entry, name
+        Source.from_config(ann.key, ann.entry), Source.from_config(img.key, img.entry)
+        assert ann.layout["role"] == "annotations" and img.layout["annotations"] == ds.annotations
+    ucm = cfg.sources[cfg.datasets["ucm"].images].entry
+    assert ucm["recipe"] == "ucm-captions" and ucm["mirrors"][0]["sha256"]
+    rsicd = cfg.sources[cfg.datasets["rsicd"].images].entry
+    assert rsicd["sha256"].startswith("0d3ebda1") and rsicd["size"] == 484955574
+    assert "path" in cfg.sources[cfg.datasets["rsmitd"].images].entry  # still manual

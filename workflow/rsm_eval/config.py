@@ -8,6 +8,7 @@ schema are filled in so the rest of the package never guesses.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -262,6 +263,8 @@ def _source_path(key: str, value: Any, is_dir: bool, sources: dict[str, SourceSp
     if any(k in entry for k in ("url", "member", "recipe")):
         origin = entry.get("member") or entry.get("url") or entry.get("path")
         leaf = Path(origin.rstrip("/").split("?", 1)[0]).name or "data"
+        if is_dir:  # a folder unpacked from an archive is not named like the archive
+            leaf = re.sub(r"\.(zip|rar|tar|tgz|tar\.(gz|bz2|xz))$", "", leaf) or "data"
         dest = f"{SOURCES_DIR}/{key.replace('.', '/')}/{leaf}"
     else:
         dest = entry["path"]

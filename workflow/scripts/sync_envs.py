@@ -18,7 +18,7 @@ PYTHON = "3.11"
 # Which pinned packages each kind of step imports.
 ENVS = {
     "data": {
-        "doc": "Light data steps (fetch, demo, manifests, evaluate, linear probes, report): no torch.",
+        "doc": "Light steps (fetch, demo, manifests, evaluate, linear probes, report): no torch.",
         "packages": [
             "numpy",
             "pandas",
