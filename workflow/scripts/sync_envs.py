@@ -19,7 +19,7 @@ PYTHON = "3.11"
 ENVS = {
     "data": {
         "doc": "Light data steps (demo, manifests, evaluate, report): no torch.",
-        "packages": ["numpy", "pandas", "pyarrow", "pillow", "pyyaml", "jsonschema"],
+        "packages": ["numpy", "pandas", "pyarrow", "pillow", "pyyaml", "jsonschema", "matplotlib"],
     },
     "torch": {
         "doc": "Embedding steps: torch (CUDA wheels), torchvision and open_clip.",
