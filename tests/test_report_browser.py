@@ -29,8 +29,8 @@ def test_full_report_renders_without_errors(browser_ok, tmp_path):
     found = report_browser.inspect(paths["html"], shot)
     assert report_browser.problems(found) == []
     assert {f["id"].removeprefix("fig-") for f in found["figures"]} == EXPECTED_FIGURES
-    assert found["sections"][0] == "Contents" and "Provenance" in found["sections"]
-    assert found["contents"] == len(found["sections"]) - 1
+    assert found["sections"][0] == "Retrieval" and found["sections"][-1] == "Provenance"
+    assert found["contents"] == len(found["sections"])
     up, down = found["sorted"]
     assert up == sorted(up) and down == sorted(up, reverse=True) and len(up) > 1
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000

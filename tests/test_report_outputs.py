@@ -122,7 +122,6 @@ def test_latex_tables_compile(full, tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "Overfull" not in proc.stdout or True  # wide tables may overflow; never an error
     assert (tmp_path / "tables.pdf").stat().st_size > 1000
 
 
@@ -175,9 +174,9 @@ def test_a_new_section_is_one_registered_function(tmp_path, monkeypatch):
     monkeypatch.setattr(sections, "SECTIONS", order)
     page = report.render(report_fixture.records(), [], tmp_path, tmp_path)["html"].read_text()
     assert "Semantic localization" not in page  # its products are absent
-    page = report.render(
-        report_fixture.records(), [], tmp_path, tmp_path, localization=["a.png"]
-    )["html"].read_text()
+    page = report.render(report_fixture.records(), [], tmp_path, tmp_path, localization=["a.png"])[
+        "html"
+    ].read_text()
     assert page.index("<h2>Semantic localization</h2>") < page.index("<h2>Provenance</h2>")
     assert 'href="#s-semantic-localization"' in page
 
