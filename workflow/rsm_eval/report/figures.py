@@ -139,6 +139,7 @@ def heatmap_figure(
     n_rows, n_cols = values.shape
     with matplotlib.rc_context({**STYLE, "axes.grid": False}):
         fig, (ax,) = _new(max(4.0, 1.1 * n_cols + 3.0), max(2.4, 0.45 * n_rows + 1.6))
+        ax.grid(False)
         masked = np.ma.masked_invalid(values)
         im = ax.imshow(masked, cmap=HEATMAP, vmin=0, vmax=vmax, aspect="auto")
         ax.set_xticks(range(n_cols), col_labels, rotation=30 if n_cols > 4 else 0, ha="right"
