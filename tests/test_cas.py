@@ -84,6 +84,12 @@ STAGES = {
     "leakage": "leakage",
     "finetune": "finetune",
     "classify": "classify",
+    "localize": "localize",
+    "localize_report": "localize_report",
+    "scene_manifest": "scenes",
+    "scene_eval": "scene_eval",
+    "probe": "probe",
+    "scene_report": "scene_report",
 }
 
 

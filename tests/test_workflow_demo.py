@@ -152,3 +152,34 @@ def test_scene_classification(demo):
     md = (demo / "results/report/report.md").read_text()
     assert "## Scene classification: demo-scenes" in md and "Linear probe" in md
     assert "<details><summary>Confusion matrix" in (demo / "results/report/report.html").read_text()
+
+
+DEMO_FIGURES = {
+    "recall_at_k_demo",
+    "recall_at_k_demo_skyscript",
+    "mean_recall_heatmap",
+    "paired_differences",
+    "finetune_tiny-finetuned_demo",
+    "classification_per_class_demo",
+    "confusion_tiny-finetuned_demo",
+    "confusion_tiny-seed0_demo",
+    "confusion_tiny-seed1_demo",
+}
+
+
+def test_demo_report_in_a_browser(demo, tmp_path):
+    """Headless Chromium opens the demo's report: no console error, every figure drawn."""
+    import os
+
+    import report_browser
+
+    if report_browser.chromium() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium missing under CI (apt-get install chromium; see .ci/run)")
+        pytest.skip("chromium not installed")
+    found = report_browser.inspect(demo / "results/report/report.html", tmp_path / "demo.png")
+    assert report_browser.problems(found) == []
+    assert {f["id"].removeprefix("fig-") for f in found["figures"]} == DEMO_FIGURES
+    figures = demo / "results/report/figures"
+    assert {p.stem for p in figures.glob("*.png")} == DEMO_FIGURES
+    assert (demo / "results/report/tables/table2_fine_tuned.tex").is_file()

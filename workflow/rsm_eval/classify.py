@@ -245,7 +245,8 @@ def zero_shot(
     Returns ``top1``, ``top5``, ``mean_class_top1`` (unweighted mean over classes with
     images), ``n`` (labelled images), ``n_classes``, ``n_templates`` and ``per_class``
     (keyed by ``class_names`` or the index: ``n``, ``top1``, ``top5``; classes without
-    images are left out).
+    images are left out) and ``confusion`` (n_classes x n_classes counts, rows the true
+    class, columns the predicted one).
     """
     if isinstance(n_classes, bool) or not isinstance(n_classes, int | np.integer) or n_classes < 1:
         raise RsmEvalError(f"n_classes: expected a positive int, got {n_classes!r}")
@@ -292,6 +293,9 @@ def zero_shot(
     )
     k = min(top_k, n_classes)
     hit1, hitk = rank == 0, rank < k
+    # Rows: true class, columns: predicted (the first highest score: lower index wins a tie).
+    pred = scores.argmax(axis=1)
+    confusion = np.bincount(y * n_classes + pred, minlength=n_classes * n_classes)
 
     per_class: dict[Any, dict[str, Any]] = {}
     for c in np.unique(y).tolist():
@@ -310,6 +314,7 @@ def zero_shot(
         "n_classes": int(n_classes),
         "n_templates": int(n_templates),
         "per_class": per_class,
+        "confusion": confusion.reshape(n_classes, n_classes).tolist(),
     }
 
 

@@ -378,40 +378,33 @@ def _add_bootstrap_args(p: argparse.ArgumentParser) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from . import report
 
-    records = report.load_records([Path(p) for p in args.metrics])
-    summaries = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.summaries]
-    paired = json.loads(Path(args.paired).read_text())["paired"] if args.paired else []
+    # Sections of the tasks whose stages write their own report parts (localization, scenes).
     extra = []
-    if args.audit:
-        audit = json.loads(Path(args.audit).read_text(encoding="utf-8"))
-        clean = report.load_records([Path(p) for p in args.clean_metrics])
-        extra.append(report.leakage_section(audit, clean, records, args.image_roots))
-    if args.finetunes:
-        trained = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.finetunes]
-        extra.insert(0, report.finetune_section(trained, records))
     if args.localization:
         from .localize_report import localization_section
 
         located = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.localization]
         extra.append(localization_section(located, Path(args.out_dir)))
-    if args.classification:
-        classified = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.classification]
-        extra.append(report.classification_section(classified))
     if args.scenes:
         from .scene_report import scene_sections
 
         extra += scene_sections(
             [Path(p) for p in args.scenes], args.published_keys, tolerance=args.tolerance
         )
-    paths = report.render(
-        records,
-        summaries,
+    paths = report.render_paths(
         Path(args.out_dir),
-        Path(args.workflow_root),
+        extra_sections=extra,
+        metrics=args.metrics,
+        summaries=args.summaries,
+        workflow_root=args.workflow_root,
         published_keys=args.published_keys,
         tolerance=args.tolerance,
-        paired=paired,
-        extra_sections=extra,
+        paired=args.paired,
+        audit=args.audit,
+        clean_metrics=args.clean_metrics,
+        classification=args.classification,
+        finetunes=args.finetunes,
+        image_roots=args.image_roots,
     )
     print(f"report: {paths['html']}", file=sys.stderr)
 

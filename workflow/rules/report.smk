@@ -1,4 +1,5 @@
-# One report over every evaluated model x dataset, with provenance.
+# One report over every evaluated model x dataset, with provenance, paper-layout tables
+# (tables/) and figures (figures/).
 
 
 rule report:
@@ -25,6 +26,18 @@ rule report:
             category="Retrieval",
         ),
         provenance="results/report/provenance.json",
+        tables=report(
+            directory("results/report/tables"),
+            patterns=["{name}.tex"],
+            caption="../report/tables.rst",
+            category="Paper tables",
+        ),
+        figures=report(
+            directory("results/report/figures"),
+            patterns=["{name}.svg"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
     log:
         "results/logs/report.log",
     conda:

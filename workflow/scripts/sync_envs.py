@@ -29,6 +29,7 @@ ENVS = {
             "libarchive-c",
             "opencv-python-headless",
             "scikit-learn",
+            "matplotlib",
         ],
     },
     "torch": {
