@@ -134,7 +134,11 @@ def test_editing_a_module_changes_exactly_the_stages_that_import_it(tmp_path):
     shutil.copytree(Path(cas.__file__).parent, tmp_path / "rsm_eval")
     before = _stage_versions(tmp_path)
     for edited in ("featstore", "report", "metrics"):
-        (tmp_path / "rsm_eval" / f"{edited}.py").open("a").write("\n# edited\n")
+        module = tmp_path / "rsm_eval" / f"{edited}.py"
+        if not module.exists():  # a subpackage
+            module = tmp_path / "rsm_eval" / edited / "__init__.py"
+        with module.open("a") as fh:
+            fh.write("\n# edited\n")
         after = _stage_versions(tmp_path)
         changed = {s for s in STAGES if after[s] != before[s]}
         expected = {

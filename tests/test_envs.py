@@ -205,10 +205,15 @@ def test_dry_run_on_real_config_without_data_plans_the_downloads(tmp_path):
         if d["format"] == "class-folders" and "url" in d["images"]
     ]
     assert counts["fetch_file"] == "7", out
-    assert counts["fetch_dir"] == str(3 + len(scene_urls)), out
+    assert counts["fetch_dir"] == str(3 + len(scene_urls) + len(_fetched_localization(cfg))), out
     for rule in ("manifest", "embed", "evaluate", "report"):
         assert re.search(rf"\b{rule}\b", out), out
     assert not (tmp_path / "results").exists()  # a dry run downloads nothing
+
+
+def _fetched_localization(cfg):
+    sets = (cfg.get("localization") or {}).get("datasets", {})
+    return [d for d in sets.values() if isinstance(d.get("root"), dict) and "url" in d["root"]]
 
 
 def _conda_works() -> bool:
@@ -258,7 +263,8 @@ def test_use_conda_dry_run_on_real_config_with_the_data_in_place(small_benchmark
     n_models, n_datasets = len(cfg["models"]), 3
     assert counts["fetch_file"] == "4"  # the four downloadable checkpoints
     fetched = [d for d in scene_sets.values() if "url" in d["images"]]
-    assert counts["fetch_dir"] == str(len(fetched))  # the downloadable scene datasets
+    # the downloadable scene datasets and localization sets
+    assert counts["fetch_dir"] == str(len(fetched) + len(_fetched_localization(cfg)))
     assert counts["scene_manifest"] == str(len(scene_sets))
     assert counts["scene_features"] == counts["linear_probe"] == str(n_models * len(scene_sets))
     n_sets = sum(len(d["templates"]) for d in scene_sets.values())

@@ -309,7 +309,7 @@ def test_sigkilled_report_leaves_no_partial_file(shared_cache, tmp_path, killed_
     for name in REPORT_FILES[k:]:
         assert not (out / name).exists(), f"{name} exists after a kill before its rename"
     # Only a hidden temporary file of the killed write remains (never read by anything).
-    stray = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES)
+    stray = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES and p.is_file())
     assert all(s.startswith(f".{killed_at}.") and s.endswith(".tmp") for s in stray), stray
 
     # Run again: every file is there and whole.

@@ -43,7 +43,7 @@ rule scene_features:
         "results/logs/scene_features/{dataset}/{model}.log",
     conda:
         "../../envs/torch.yaml"
-    threads: max(1, CFG.embed["workers"])
+    threads: MODEL_THREADS
     resources:
         gpu=1,
     params:
@@ -52,7 +52,7 @@ rule scene_features:
         images_root=lambda wc: CFG.datasets[wc.dataset].images,
         cache_dir=CFG.cache_dir,
         batch_size=CFG.embed["batch_size"],
-        workers=CFG.embed["workers"],
+        workers=CFG.embed["workers"] or 0,
         device=CFG.embed["device"],
         code=CODE["scene_eval"],
     shell:
