@@ -44,4 +44,4 @@ localrules:
 rule all:
     default_target: True
     input:
-        REPORT_FILES,
+        PLAN.report_files,

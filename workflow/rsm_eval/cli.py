@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 
 from . import cas
-from .config import Dataset, Model
+from .config import Dataset, FetchSpec, LinearProbe, Model
 from .errors import RsmEvalError
+from .specs import FinetuneSpec, LeakageSpec, LocalizationSpec
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def _json_arg(text: str) -> dict:
@@ -24,6 +27,19 @@ def _json_arg(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
     return value
+
+
+def _spec_arg(cls):
+    """argparse type reading a spec with its own class's from_json (rsm_eval.jsonspec)."""
+
+    def parse(text: str):
+        try:
+            return cls.from_json(text)
+        except RsmEvalError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = cls.__name__
+    return parse
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -50,29 +66,23 @@ def cmd_demo_scenes(args: argparse.Namespace) -> None:
 def cmd_fetch(args: argparse.Namespace) -> None:
     from . import sources
 
-    entry = dict(args.source)
-    key = entry.pop("key", args.dest)
-    is_dir = bool(entry.pop("dir", False))
-    layout = sources.Layout.from_json(entry.pop("layout", None))
-    source = sources.Source.from_config(key, entry)
-    lock = sources.LockFile(Path(args.lock))
+    spec = args.spec
     dest = sources.materialize(
-        source,
+        sources.Source.from_config(spec.key, spec.entry),
         Path(args.dest),
-        lock=lock,
+        lock=sources.LockFile(Path(args.lock)),
         refresh_lock=args.refresh_lock,
-        is_dir=is_dir,
-        layout=layout,
+        is_dir=spec.is_dir,
+        layout=sources.Layout.from_json(spec.layout),
     )
-    print(f"{key}: ready at {dest}", file=sys.stderr)
+    print(f"{spec.key}: ready at {dest}", file=sys.stderr)
 
 
 def cmd_manifest(args: argparse.Namespace) -> None:
     from . import manifests
 
-    dataset = Dataset(**args.dataset)
     summary = manifests.write(
-        dataset, Path(args.captions), Path(args.images), Path(args.summary), code=args.code
+        args.dataset, Path(args.captions), Path(args.images), Path(args.summary), code=args.code
     )
     print(json.dumps(summary, indent=1), file=sys.stderr)
 
@@ -91,7 +101,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     with gpus.claim_device(args.device) as device:
         print(gpus.describe(device), file=sys.stderr)
         embed_split(
-            Model(**args.model),
+            args.model,
             Path(args.captions),
             Path(args.images_root),
             args.split,
@@ -136,7 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         model=args.model,
         dataset=args.dataset,
         split=args.split,
-        protocol=args.protocol,
+        protocol=args.variant,
         code=args.code,
         n_resamples=args.n_resamples,
         seed=args.seed,
@@ -171,19 +181,20 @@ def cmd_gather_hashes(args: argparse.Namespace) -> None:
 def cmd_leakage(args: argparse.Namespace) -> None:
     from . import leakage
 
-    tests = {k: (Path(v[0]), v[1]) for k, v in args.spec["tests"].items()}
-    trains = {k: (Path(v[0]), v[1]) for k, v in args.spec["trains"].items()}
-    audit = leakage.audit_sources(tests, trains, max_hamming=args.max_hamming)
-    if args.confirm_model:
+    spec = args.spec
+    tests = {k: (Path(t.hashes), t.split) for k, t in spec.tests.items()}
+    trains = {k: (Path(t.hashes), t.split) for k, t in spec.trains.items()}
+    audit = leakage.audit_sources(tests, trains, max_hamming=spec.max_hamming)
+    if spec.confirm_with is not None:
         from . import gpus
 
         with gpus.claim_device(args.device) as device:
             _cpu_plan(device, args.threads)
             audit = leakage.confirm_with_model(
                 audit,
-                Model(**args.confirm_model),
-                args.image_roots,
-                threshold=args.threshold,
+                spec.confirm_with,
+                spec.image_roots,
+                threshold=spec.cosine_threshold,
                 cache_dir=Path(args.cache_dir),
                 device=device,
             )
@@ -200,7 +211,7 @@ def cmd_classify(args: argparse.Namespace) -> None:
     with gpus.claim_device(args.device) as device:
         _cpu_plan(device, args.threads)
         record = classify.classify_split(
-            Model(**args.model),
+            args.model,
             Path(args.captions),
             Path(args.image_features),
             split=args.split,
@@ -210,7 +221,7 @@ def cmd_classify(args: argparse.Namespace) -> None:
             device=device,
             batch_size=args.batch_size,
         )
-    record.update(model=args.model["name"], dataset=args.dataset)
+    record.update(model=args.model.name, dataset=args.dataset)
     cas.write_json_atomic(args.out, record)
     print(f"top1 {record.get('top1')} top5 {record.get('top5')}", file=sys.stderr)
 
@@ -221,24 +232,24 @@ def cmd_localize(args: argparse.Namespace) -> None:
     spec = args.dataset
     with gpus.claim_device(args.device) as device:
         record = localize.run(
-            Model(**args.model),
-            Path(spec["annotations"]),
-            Path(spec["images"]),
+            args.model,
+            Path(spec.annotations),
+            Path(spec.images),
             Path(args.out),
             Path(args.figures),
-            dataset=spec["name"],
+            dataset=spec.name,
             cache_dir=Path(args.cache_dir),
             device=device,
             batch_size=args.batch_size,
-            params=spec.get("params"),
-            expected=spec.get("expected"),
-            n_figures=spec.get("figures", 3),
+            params=spec.params,
+            expected=spec.expected,
+            n_figures=spec.figures,
             n_resamples=args.n_resamples,
             seed=args.seed,
             level=args.level,
             threads=args.threads,
             code=args.code,
-            published=spec.get("published", ""),
+            published=spec.published,
         )
     print(
         ", ".join(f"{m} {record['metrics'][m]['mean']:.4f}" for m in localize.METRICS),
@@ -257,7 +268,7 @@ def cmd_scene_manifest(args: argparse.Namespace) -> None:
     from . import scenes
 
     summary = scenes.write(
-        Dataset(**args.dataset), Path(args.out), Path(args.summary), code=args.code
+        args.dataset, Path(args.out), Path(args.summary), code=args.code
     )
     print(json.dumps(summary["counts"], indent=1), file=sys.stderr)
 
@@ -269,7 +280,7 @@ def cmd_scene_features(args: argparse.Namespace) -> None:
     with gpus.claim_device(args.device) as device:
         print(gpus.describe(device), file=sys.stderr)
         scene_eval.scene_features(
-            Model(**args.model),
+            args.model,
             Path(args.manifest),
             Path(args.images_root),
             Path(args.out),
@@ -285,8 +296,8 @@ def cmd_zeroshot(args: argparse.Namespace) -> None:
 
     with gpus.claim_device(args.device) as device:
         record = scene_eval.zero_shot(
-            Model(**args.model),
-            Dataset(**args.dataset),
+            args.model,
+            args.dataset,
             Path(args.manifest),
             Path(args.features),
             args.templates,
@@ -307,7 +318,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
     record = probe.probe_dataset(
         args.dataset, args.model, args.split, Path(args.manifest), Path(args.features),
-        args.settings, code=args.code,
+        args.settings.to_dict(), code=args.code,
     )  # fmt: skip
     cas.write_json_atomic(args.out, record)
     for label, r in record["results"].items():
@@ -318,25 +329,22 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from . import finetune, gpus
 
     spec = args.spec
-    base = Model(**spec["base"])
-    raw = dict(spec.get("params") or {})
+    base = spec.base
+    raw = dict(spec.params)
     if {"lr", "batch_size"} <= set(raw):
         params = finetune.FinetuneParams.from_dict(raw, "finetunes.params")
     else:
         params = finetune.paper_params(base.arch, **raw)
     sources = [
         finetune.Source(
-            captions=s["captions"],
-            images=s["images"],
-            splits=None if s.get("split") is None else (s["split"],),
-            name=s["name"],
+            captions=s.captions,
+            images=s.images,
+            splits=None if s.split is None else (s.split,),
+            name=s.name,
         )
-        for s in spec["sources"]
+        for s in spec.training
     ]
-    tests = [
-        finetune.EvalSplit(name=t["name"], captions=t["captions"], split=t["split"])
-        for t in spec.get("tests", [])
-    ]
+    tests = [finetune.EvalSplit(name=t.name, captions=t.captions, split=t.split) for t in spec.tests]
     with gpus.claim_device(args.device) as device:
         print(gpus.describe(device), file=sys.stderr)
         record = finetune.finetune(
@@ -345,14 +353,14 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             params,
             Path(args.out),
             tests=tests,
-            test_overlap=spec.get("test_overlap", "refuse"),
+            test_overlap=spec.test_overlap,
             record_out=Path(args.record),
             device=device,
             workers=args.workers,
             threads=args.threads,
             cache_dir=Path(args.cache_dir),
         )
-    record["model_name"] = spec.get("name", Path(args.out).parent.name)
+    record["model_name"] = spec.name
     cas.write_json_atomic(args.record, record)
     print(f"fine-tuned: address {record.get('address')}", file=sys.stderr)
 
@@ -367,12 +375,6 @@ def cmd_compare(args: argparse.Namespace) -> None:
     )
     cas.write_json_atomic(args.out, {"paired": pairs})
     print(f"{len(pairs)} paired comparisons", file=sys.stderr)
-
-
-def _add_bootstrap_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-resamples", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--level", type=float, default=0.95)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -409,172 +411,93 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {paths['html']}", file=sys.stderr)
 
 
-SEED_METRIC_NAMES = {
-    "i2t_r1": "retrieval-image2text-R@1",
-    "i2t_r5": "retrieval-image2text-R@5",
-    "i2t_r10": "retrieval-image2text-R@10",
-    "t2i_r1": "retrieval-text2image-R@1",
-    "t2i_r5": "retrieval-text2image-R@5",
-    "t2i_r10": "retrieval-text2image-R@10",
-    "mean_recall": "retrieval-mean-recall",
-}
-
-
-def _karpathy_json(path: Path) -> Path:
-    """The seed's --retrieval-json-dir names the JSON file; accept its directory too."""
-    if path.is_dir():
-        found = sorted(path.glob("dataset*.json")) or sorted(path.glob("*.json"))
-        if len(found) != 1:
-            raise RsmEvalError(
-                f"{path}: expected one Karpathy JSON in the directory, found "
-                f"{[p.name for p in found]}"
-            )
-        return found[0]
-    return path
-
-
 def cmd_retrieve(args: argparse.Namespace) -> None:
-    """The seed script's command line (RET3_RetrieveTest.py), on the workflow's own code."""
-    import tempfile
+    from . import retrieve
 
-    import numpy as np
+    retrieve.run(args)
 
-    from . import evaluate, manifests, schemas
-    from .embeddings import embed_split, read_features
 
-    if args.RSM_CLIP_path:
-        weights = {"weights": args.RSM_CLIP_path}
-    elif args.pretrained:
-        weights = {"pretrained": args.pretrained}
-    else:
-        raise RsmEvalError("give --RSM_CLIP_path (a checkpoint) or --pretrained (a tag)")
-    if args.backend == "transformers":  # a save_pretrained directory; arch is the family
-        model = Model(name="retrieve", arch=args.model_name, backend="transformers", **weights)
-    else:
-        model = Model(
-            name="retrieve", arch=args.model_name, force_quick_gelu=args.quick_gelu, **weights
-        )
-    images_root = Path(args.retrieval_images_dir)
-    dataset = Dataset(
-        name="retrieval",
-        format="karpathy-json",
-        annotations=str(_karpathy_json(Path(args.retrieval_json_dir))),
-        images=str(images_root),
-        split=args.split,
-    )
-    with tempfile.TemporaryDirectory(prefix="rsm-eval-retrieve-") as tmp:
-        t = Path(tmp)
-        manifests.write(
-            dataset,
-            t / "captions.parquet",
-            t / "images.parquet",
-            t / "summary.json",
-            code=cas.code_version("rsm_eval.manifests"),
-        )
-        embed_split(
-            model,
-            t / "captions.parquet",
-            images_root,
-            args.split,
-            t / "img.parquet",
-            t / "txt.parquet",
-            cache_dir=Path(args.cache_dir),
-            batch_size=args.batch_size,
-            workers=args.workers,
-            device=args.device,
-        )
-        record, _ = evaluate.evaluate(
-            t / "captions.parquet",
-            t / "img.parquet",
-            t / "txt.parquet",
-            model="retrieve",
-            dataset="retrieval",
-            split=args.split,
-            protocol="remoteclip",
-            code="",
-        )
-        if args.save_embeddings:
-            captions, _ = schemas.read_table(t / "captions.parquet")
-            _, image_shas, text_shas, _ = manifests.evaluation_order(captions, args.split)
-            out = {}
-            for name, path, keys in (
-                ("image", t / "img.parquet", image_shas),
-                ("text", t / "txt.parquet", text_shas),
-            ):
-                table_keys, feats, _ = read_features(path)
-                pos = {k: i for i, k in enumerate(table_keys)}
-                out[name] = feats[[pos[k] for k in keys]].astype(np.float32)
-            with (
-                cas.atomic_path(args.save_embeddings, suffix=".npz") as tmp_npz,
-                open(tmp_npz, "wb") as fh,
-            ):
-                np.savez(fh, **out)
-    for key, name in SEED_METRIC_NAMES.items():
-        print(f"{name}: {record['metrics'][key]:.2f}")
-    for key, name in SEED_METRIC_NAMES.items():  # stdout keeps the seed's seven lines
-        low, high = record["tie_interval"][key]
-        if round(high - low, 2) > 0.01:
-            print(f"{name}: {low:.2f}-{high:.2f} over all orders of tied scores", file=sys.stderr)
+def _add_bootstrap_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-resamples", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--level", type=float, default=0.95)
+
+
+def _add_model_job_args(
+    p: argparse.ArgumentParser, batch: bool = True, threads: bool = True
+) -> None:
+    """What every job that runs a model takes: the model, the feature store, the device."""
+    p.add_argument("--model", type=_spec_arg(Model), required=True, help="model entry as JSON")
+    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    if batch:
+        p.add_argument("--batch-size", type=int, default=64)
+    if threads:
+        p.add_argument("--threads", type=int, default=None, help="CPUs of the job (default: all)")
+
+
+def _add_dataset_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", type=_spec_arg(Dataset), required=True, help="dataset entry as JSON")
+
+
+def _add_stage(sub, name: str, func, help: str, *required: str, code: bool = False):
+    """A subcommand with its required path options (`--out`, ...) and optional --code."""
+    p = sub.add_parser(name, help=help)
+    for opt in required:
+        p.add_argument(f"--{opt}", required=True)
+    if code:
+        p.add_argument("--code", default="")
+    p.set_defaults(func=func)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsm-eval", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="generate the bundled offline demo benchmark")
-    p.add_argument("--out", required=True)
+    p = _add_stage(sub, "demo", cmd_demo, "generate the bundled offline demo benchmark", "out")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=300)
-    p.add_argument("--n-val", type=int, default=50)
-    p.add_argument("--n-test", type=int, default=100)
-    p.add_argument("--n-csv-images", type=int, default=300)
-    p.set_defaults(func=cmd_demo)
+    for opt, n in (("n-train", 300), ("n-val", 50), ("n-test", 100), ("n-csv-images", 300)):
+        p.add_argument(f"--{opt}", type=int, default=n)
 
-    p = sub.add_parser("fetch", help="download / extract / verify one source")
-    p.add_argument("--source", type=_json_arg, required=True, help="source entry (+ key) as JSON")
-    p.add_argument("--dest", required=True)
+    p = _add_stage(sub, "fetch", cmd_fetch, "download / extract / verify one source", "dest")
+    p.add_argument("--spec", type=_spec_arg(FetchSpec), required=True, help="config.FetchSpec")
     p.add_argument("--lock", default="sources.lock.yaml")
     p.add_argument("--refresh-lock", action="store_true")
-    p.set_defaults(func=cmd_fetch)
 
-    p = sub.add_parser("manifest", help="annotations -> Parquet manifests")
-    p.add_argument("--dataset", type=_json_arg, required=True, help="dataset entry as JSON")
-    p.add_argument("--captions", required=True)
-    p.add_argument("--images", required=True)
-    p.add_argument("--summary", required=True)
-    p.add_argument("--code", default="")
-    p.set_defaults(func=cmd_manifest)
+    p = _add_stage(
+        sub, "manifest", cmd_manifest, "annotations -> Parquet manifests",
+        "captions", "images", "summary", code=True,
+    )  # fmt: skip
+    _add_dataset_arg(p)
 
-    p = sub.add_parser("embed", help="features of one split, cached by content")
-    p.add_argument("--model", type=_json_arg, required=True, help="model entry as JSON")
+    p = _add_stage(sub, "embed", cmd_embed, "features of one split, cached by content")
+    _add_model_job_args(p)
     p.add_argument("--captions", required=True, help="captions manifest")
     p.add_argument("--images-root", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--out-images", default=None)
     p.add_argument("--out-texts", default=None)
-    p.add_argument("--cache-dir", required=True)
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: auto)")
-    p.add_argument("--threads", type=int, default=None, help="CPUs of the job (default: all)")
     p.add_argument("--shard", default=None, help="<i>-of-<n>: compute only that shard's rows")
     p.add_argument("--shard-record", default=None, help="JSON written by a --shard run")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--chunk-rows", type=int, default=2048)
     p.add_argument("--text-prefix", default="", help="prepended to every caption (skyscript)")
     p.add_argument("--autocast", action="store_true", help="mixed precision (not published)")
-    p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("evaluate", help="retrieval metrics from cached features")
-    p.add_argument("--captions", required=True)
-    p.add_argument("--image-features", required=True)
-    p.add_argument("--text-features", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--dataset", required=True)
+    p = _add_stage(
+        sub, "evaluate", cmd_evaluate, "retrieval metrics from cached features",
+        "captions", "image-features", "text-features", "model", "dataset", "out-json",
+        "out-ranks", code=True,
+    )  # fmt: skip
     p.add_argument("--split", default="test")
-    p.add_argument("--protocol", default="remoteclip")
-    p.add_argument("--out-json", required=True)
-    p.add_argument("--out-ranks", required=True)
-    p.add_argument("--code", default="")
+    p.add_argument(
+        "--variant",
+        "--protocol",
+        dest="variant",
+        default="remoteclip",
+        help="protocol, optionally with -autocast (protocols.parse_variant)",
+    )
     _add_bootstrap_args(p)
     p.add_argument(
         "--exclude-leaked",
@@ -582,195 +505,106 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="AUDIT.json",
         help="leave out test images the leakage audit found in training sources",
     )
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("image-hashes", help="decoded-pixel and perceptual hashes of a dataset")
-    p.add_argument("--images-manifest", required=True)
-    p.add_argument("--images-root", required=True)
-    p.add_argument("--out", required=True)
+    p = _add_stage(
+        sub, "image-hashes", cmd_image_hashes,
+        "decoded-pixel and perceptual hashes of a dataset", "images-manifest", "images-root", "out",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="decoding threads (default: all)")
     p.add_argument("--shard", default=None, help="<i>-of-<n>: hash only that shard's images")
-    p.set_defaults(func=cmd_image_hashes)
 
-    p = sub.add_parser("gather-hashes", help="concatenate sharded image-hash tables")
+    p = _add_stage(sub, "gather-hashes", cmd_gather_hashes, "concatenate sharded hash tables", "out")
     p.add_argument("--parts", nargs="+", required=True, help="shard tables, in shard order")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_gather_hashes)
 
-    p = sub.add_parser("leakage", help="duplicates between training sources and test splits")
-    p.add_argument(
-        "--spec",
-        type=_json_arg,
-        required=True,
-        help='{"tests": {name: [hashes, split]}, "trains": {label: [hashes, split]}}',
+    p = _add_stage(
+        sub, "leakage", cmd_leakage, "duplicates between training sources and test splits", "out"
     )
-    p.add_argument("--max-hamming", type=int, default=6)
-    p.add_argument(
-        "--confirm-model",
-        type=_json_arg,
-        default=None,
-        help="model entry as JSON: near pairs need image-embedding cosine >= threshold",
-    )
-    p.add_argument("--threshold", type=float, default=0.9)
-    p.add_argument("--image-roots", type=_json_arg, default={}, help="{dataset: image dir}")
+    p.add_argument("--spec", type=_spec_arg(LeakageSpec), required=True, help="specs.LeakageSpec")
     p.add_argument("--cache-dir", default="results/cache")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPUs of the job (default: all)")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_leakage)
 
-    p = sub.add_parser("classify", help="zero-shot scene classification from cached features")
-    p.add_argument("--model", type=_json_arg, required=True, help="model entry as JSON")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--captions", required=True)
-    p.add_argument("--image-features", required=True)
+    p = _add_stage(
+        sub, "classify", cmd_classify, "zero-shot scene classification from cached features",
+        "dataset", "captions", "image-features", "out",
+    )  # fmt: skip
+    _add_model_job_args(p)
     p.add_argument("--split", default="test")
     p.add_argument("--templates", nargs="*", default=None)
-    p.add_argument("--cache-dir", required=True)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None, help="CPUs of the job (default: all)")
     p.add_argument("--labels", choices=("file-names", "ucm-numbering"), default="file-names")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("demo-scenes", help="the demo's class-folder scene benchmark")
-    p.add_argument("--karpathy", required=True, help="the demo's Karpathy JSON")
-    p.add_argument("--images", required=True, help="its image directory")
-    p.add_argument("--out", required=True)
+    p = _add_stage(
+        sub, "demo-scenes", cmd_demo_scenes, "the demo's class-folder scene benchmark",
+        "karpathy", "images", "out",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_demo_scenes)
 
-    p = sub.add_parser("scene-manifest", help="class folders / label CSV -> scene manifest")
-    p.add_argument("--dataset", type=_json_arg, required=True, help="dataset entry as JSON")
-    p.add_argument("--out", required=True)
-    p.add_argument("--summary", required=True)
-    p.add_argument("--code", default="")
-    p.set_defaults(func=cmd_scene_manifest)
+    p = _add_stage(
+        sub, "scene-manifest", cmd_scene_manifest, "class folders / label CSV -> scene manifest",
+        "out", "summary", code=True,
+    )  # fmt: skip
+    _add_dataset_arg(p)
 
-    p = sub.add_parser("scene-features", help="image features of a scene dataset (cached)")
-    p.add_argument("--model", type=_json_arg, required=True, help="model entry as JSON")
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--images-root", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--cache-dir", required=True)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--batch-size", type=int, default=64)
+    p = _add_stage(
+        sub, "scene-features", cmd_scene_features, "image features of a scene dataset (cached)",
+        "manifest", "images-root", "out",
+    )  # fmt: skip
+    _add_model_job_args(p, threads=False)
     p.add_argument("--workers", type=int, default=0)
-    p.set_defaults(func=cmd_scene_features)
 
-    p = sub.add_parser("zeroshot", help="zero-shot scene classification from cached features")
-    p.add_argument("--model", type=_json_arg, required=True, help="model entry as JSON")
-    p.add_argument("--dataset", type=_json_arg, required=True, help="dataset entry as JSON")
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--features", required=True)
+    p = _add_stage(
+        sub, "zeroshot", cmd_zeroshot, "zero-shot scene classification from cached features",
+        "manifest", "features", "out", code=True,
+    )  # fmt: skip
+    _add_model_job_args(p, threads=False)
+    _add_dataset_arg(p)
     p.add_argument("--templates", required=True, help="template set name")
-    p.add_argument("--cache-dir", required=True)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--code", default="")
-    p.add_argument("--out", required=True)
     _add_bootstrap_args(p)
-    p.set_defaults(func=cmd_zeroshot)
 
-    p = sub.add_parser("probe", help="few-shot linear probes on cached scene features")
-    p.add_argument("--model", required=True, help="model name")
-    p.add_argument("--dataset", required=True, help="dataset name")
-    p.add_argument("--split", required=True, help="the evaluated (test) split")
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--features", required=True)
-    p.add_argument("--settings", type=_json_arg, required=True, help="classification.linear_probe")
-    p.add_argument("--code", default="")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_probe)
+    p = _add_stage(
+        sub, "probe", cmd_probe, "few-shot linear probes on cached scene features",
+        "model", "dataset", "split", "manifest", "features", "out", code=True,
+    )  # fmt: skip
+    p.add_argument("--settings", type=_spec_arg(LinearProbe), required=True)
 
-    p = sub.add_parser("finetune", help="train a model with open_clip_train on caption manifests")
-    p.add_argument(
-        "--spec",
-        type=_json_arg,
-        required=True,
-        help='{"base": model, "sources": [...], "tests": [...], "params": {...}}',
-    )
-    p.add_argument("--out", required=True, help="state dict to write")
-    p.add_argument("--record", required=True, help="training record (JSON) to write")
-    p.add_argument("--cache-dir", required=True)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p = _add_stage(
+        sub, "finetune", cmd_finetune, "train a model with open_clip_train on caption manifests",
+        "out", "record", "cache-dir",
+    )  # fmt: skip
+    p.add_argument("--spec", type=_spec_arg(FinetuneSpec), required=True, help="FinetuneSpec")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
-    p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("localize", help="semantic localization (AIR-SLT) of one model")
-    p.add_argument("--model", type=_json_arg, required=True, help="model entry as JSON")
-    p.add_argument(
-        "--dataset",
-        type=_json_arg,
-        required=True,
-        help='{"name", "annotations", "images", "expected", "params", "figures"}',
-    )
-    p.add_argument("--out", required=True, help="record (JSON) to write")
-    p.add_argument("--figures", required=True, help="directory for the heat-map PNGs")
-    p.add_argument("--cache-dir", required=True)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--code", default="")
+    p = _add_stage(
+        sub, "localize", cmd_localize, "semantic localization (AIR-SLT) of one model",
+        "out", "figures", code=True,
+    )  # fmt: skip
+    _add_model_job_args(p)
+    p.add_argument("--dataset", type=_spec_arg(LocalizationSpec), required=True)
     _add_bootstrap_args(p)
-    p.set_defaults(func=cmd_localize)
 
-    p = sub.add_parser("demo-scene", help="generate the demo's semantic-localization scene")
-    p.add_argument("--out", required=True)
+    p = _add_stage(
+        sub, "demo-scene", cmd_demo_scene, "the demo's semantic-localization scene", "out"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=1536)
     p.add_argument("--height", type=int, default=1024)
-    p.set_defaults(func=cmd_demo_scene)
 
-    p = sub.add_parser("compare", help="paired bootstrap between models on the same split")
+    p = _add_stage(sub, "compare", cmd_compare, "paired bootstrap between models", "out")
     p.add_argument("--metrics", nargs="+", required=True, help="evaluate stage records")
-    p.add_argument("--out", required=True)
     _add_bootstrap_args(p)
-    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser(
-        "retrieve",
-        help="the seed's RET3_RetrieveTest.py command line, on the workflow's code",
-        description="Accepts the flags of RSM-CLIP's RET3_RetrieveTest.py and prints the same "
-        "metric names. Models are built with QuickGELU by default (what the released "
-        "checkpoints were trained with); CPU or GPU.",
+    from . import retrieve  # here, not at the top: a stage's code is the CLI's top imports
+
+    retrieve.add_arguments(
+        sub.add_parser(
+            "retrieve",
+            help="the seed's RET3_RetrieveTest.py command line, on the workflow's code",
+            description=retrieve.__doc__,
+        )
     )
-    p.add_argument(
-        "--model-name", default="ViT-B-32", help="open_clip architecture name or model-config .json"
-    )
-    p.add_argument(
-        "--backend",
-        choices=("open_clip", "transformers"),
-        default="open_clip",
-        help="transformers: --RSM_CLIP_path is a save_pretrained directory and --model-name "
-        "its family (clip or siglip)",
-    )
-    p.add_argument("--retrieval-images-dir", required=True)
-    p.add_argument(
-        "--retrieval-json-dir", required=True, help="Karpathy JSON (or a directory holding one)"
-    )
-    p.add_argument("--RSM_CLIP_path", default=None, help="checkpoint to evaluate")
-    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag instead")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument(
-        "--quick-gelu",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="QuickGELU activation (default on: the checkpoints were trained with it)",
-    )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--split", default="test")
-    p.add_argument("--cache-dir", default="results/cache")
-    p.add_argument(
-        "--save-embeddings",
-        default=None,
-        metavar="FILE.npz",
-        help="write L2-normalised float32 'image' and 'text' arrays in evaluation order",
-    )
-    p.set_defaults(func=cmd_retrieve)
+    sub.choices["retrieve"].set_defaults(func=cmd_retrieve)
 
     p = sub.add_parser("report", help="CSV, Markdown and HTML report")
     p.add_argument("--metrics", nargs="+", required=True)

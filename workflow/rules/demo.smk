@@ -1,7 +1,7 @@
 # The bundled offline demo: a deterministic generator makes a small remote-sensing-like
 # benchmark in the real formats (Karpathy JSON with .tif and .jpg images, RSMITD-style CSV).
-DEMO = config.get("demo", {})
-DEMO_OUT = DEMO.get("out", "results/demo/data")
+DEMO = CFG.demo
+DEMO_OUT = DEMO.out
 
 
 rule demo_benchmark:
@@ -16,11 +16,11 @@ rule demo_benchmark:
         "../../envs/data.yaml"
     params:
         out=lambda wc, output: os.path.dirname(output.annotations),
-        seed=DEMO.get("seed", 0),
-        n_train=DEMO.get("n_train", 300),
-        n_val=DEMO.get("n_val", 50),
-        n_test=DEMO.get("n_test", 100),
-        n_csv_images=DEMO.get("n_csv_images", 300),
+        seed=DEMO.seed,
+        n_train=DEMO.n_train,
+        n_val=DEMO.n_val,
+        n_test=DEMO.n_test,
+        n_csv_images=DEMO.n_csv_images,
     shell:
         "python -m rsm_eval demo --out {params.out:q} --seed {params.seed}"
         " --n-train {params.n_train} --n-val {params.n_val} --n-test {params.n_test}"
@@ -41,7 +41,7 @@ rule demo_scenes:
     conda:
         "../../envs/data.yaml"
     params:
-        seed=DEMO.get("seed", 0),
+        seed=DEMO.seed,
     shell:
         "python -m rsm_eval demo-scenes --karpathy {input.annotations:q}"
         " --images {input.images:q} --out {output:q} --seed {params.seed} 2> {log:q}"

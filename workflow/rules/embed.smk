@@ -7,14 +7,14 @@
 rule embed:
     input:
         unpack(lambda wc: model_inputs(wc.model)),
-        captions="results/manifests/{dataset}/captions.parquet",
+        captions=paths.CAPTIONS,
     output:
-        images="results/features/{model}/{dataset}/{variant}/images.parquet",
-        texts="results/features/{model}/{dataset}/{variant}/texts.parquet",
+        images=paths.IMAGE_FEATURES,
+        texts=paths.TEXT_FEATURES,
     log:
         "results/logs/embed/{model}/{dataset}/{variant}.log",
     wildcard_constraints:
-        dataset=sharded_constraint(False),
+        dataset=PLAN.sharded_constraint(False),
     conda:
         "../../envs/torch.yaml"
     threads: MODEL_THREADS
@@ -22,8 +22,8 @@ rule embed:
         gpu=1,
     params:
         args=embed_args,
-        model_address=lambda wc: model_address(wc.model),
-        device=CFG.embed["device"],
+        model_address=model_address,
+        device=CFG.embed.device,
         code=CODE["embed"],
     shell:
         "python -m rsm_eval embed {params.args} --captions {input.captions:q}"
@@ -34,14 +34,14 @@ rule embed:
 rule embed_shard:
     input:
         unpack(lambda wc: model_inputs(wc.model)),
-        captions="results/manifests/{dataset}/captions.parquet",
+        captions=paths.CAPTIONS,
     output:
-        "results/features/{model}/{dataset}/{variant}/shards/{shard}.json",
+        paths.FEATURE_SHARD,
     log:
         "results/logs/embed/{model}/{dataset}/{variant}/{shard}.log",
     wildcard_constraints:
-        dataset=sharded_constraint(True),
-        shard=r"\d+-of-\d+",
+        dataset=PLAN.sharded_constraint(True),
+        shard=plan.SHARD,
     conda:
         "../../envs/torch.yaml"
     threads: MODEL_THREADS
@@ -49,8 +49,8 @@ rule embed_shard:
         gpu=1,
     params:
         args=embed_args,
-        model_address=lambda wc: model_address(wc.model),
-        device=CFG.embed["device"],
+        model_address=model_address,
+        device=CFG.embed.device,
         code=CODE["embed"],
     shell:
         "python -m rsm_eval embed {params.args} --captions {input.captions:q}"
@@ -63,23 +63,20 @@ rule embed_shard:
 rule embed_gather:
     input:
         unpack(lambda wc: model_inputs(wc.model)),
-        captions="results/manifests/{dataset}/captions.parquet",
-        shards=lambda wc: expand(
-            "results/features/{{model}}/{{dataset}}/{{variant}}/shards/{shard}.json",
-            shard=shard_names(wc.dataset),
-        ),
+        captions=paths.CAPTIONS,
+        shards=lambda wc: PLAN.feature_shards(wc.model, wc.dataset, wc.variant),
     output:
-        images="results/features/{model}/{dataset}/{variant}/images.parquet",
-        texts="results/features/{model}/{dataset}/{variant}/texts.parquet",
+        images=paths.IMAGE_FEATURES,
+        texts=paths.TEXT_FEATURES,
     log:
         "results/logs/embed/{model}/{dataset}/{variant}.log",
     wildcard_constraints:
-        dataset=sharded_constraint(True),
+        dataset=PLAN.sharded_constraint(True),
     conda:
         "../../envs/torch.yaml"
     params:
         args=embed_args,
-        model_address=lambda wc: model_address(wc.model),
+        model_address=model_address,
         code=CODE["embed"],
     shell:
         "python -m rsm_eval embed {params.args} --captions {input.captions:q}"

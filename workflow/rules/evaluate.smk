@@ -3,12 +3,12 @@
 
 rule evaluate:
     input:
-        captions="results/manifests/{dataset}/captions.parquet",
-        images="results/features/{model}/{dataset}/{variant}/images.parquet",
-        texts="results/features/{model}/{dataset}/{variant}/texts.parquet",
+        captions=paths.CAPTIONS,
+        images=paths.IMAGE_FEATURES,
+        texts=paths.TEXT_FEATURES,
     output:
-        metrics="results/metrics/{model}/{dataset}/{variant}.json",
-        ranks="results/metrics/{model}/{dataset}/{variant}.ranks.parquet",
+        metrics=paths.METRICS,
+        ranks=paths.RANKS,
     log:
         "results/logs/evaluate/{model}/{dataset}/{variant}.log",
     conda:
@@ -16,28 +16,29 @@ rule evaluate:
     params:
         split=lambda wc: CFG.datasets[wc.dataset].split,
         code=CODE["evaluate"],
-        bootstrap=BOOTSTRAP_ARGS,
+        bootstrap=PLAN.bootstrap_args,
+        exclude="",
     shell:
         "python -m rsm_eval evaluate --captions {input.captions:q}"
         " --image-features {input.images:q} --text-features {input.texts:q}"
         " --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
-        " --split {params.split:q} --protocol {wildcards.variant:q}"
+        " --split {params.split:q} --variant {wildcards.variant:q}"
         " --out-json {output.metrics:q} --out-ranks {output.ranks:q}"
-        " --code {params.code} {params.bootstrap} 2> {log:q}"
+        " --code {params.code} {params.bootstrap} {params.exclude} 2> {log:q}"
 
 
 rule compare_models:
     input:
-        metrics=METRICS_FILES,
-        ranks=[f.replace(".json", ".ranks.parquet") for f in METRICS_FILES],
+        metrics=PLAN.metrics_files,
+        ranks=PLAN.ranks_files,
     output:
-        "results/statistics/paired.json",
+        paths.PAIRED,
     log:
         "results/logs/compare_models.log",
     conda:
         "../../envs/data.yaml"
     params:
-        bootstrap=BOOTSTRAP_ARGS,
+        bootstrap=PLAN.bootstrap_args,
         code=CODE["statistics"],
     shell:
         "python -m rsm_eval compare --metrics {input.metrics:q} --out {output:q}"
@@ -46,10 +47,10 @@ rule compare_models:
 
 rule classify:
     input:
-        captions="results/manifests/{dataset}/captions.parquet",
-        images="results/features/{model}/{dataset}/remoteclip/images.parquet",
+        captions=paths.CAPTIONS,
+        images=paths.IMAGE_FEATURES.replace("{variant}", "remoteclip"),
     output:
-        "results/classification/{model}/{dataset}.json",
+        paths.CLASSIFICATION,
     log:
         "results/logs/classify/{model}/{dataset}.log",
     conda:
@@ -58,12 +59,12 @@ rule classify:
     resources:
         gpu=1,
     params:
-        model=lambda wc: model_json(wc.model),
+        model=lambda wc: PLAN.model_json(wc.model),
         split=lambda wc: CFG.datasets[wc.dataset].split,
         labels=lambda wc: CFG.datasets[wc.dataset].image_labels,
-        templates=CFG.raw["classification"]["templates"],
+        templates=list(CFG.classification.templates),
         cache_dir=CFG.cache_dir,
-        device=CFG.embed["device"],
+        device=CFG.embed.device,
         code=CODE["classify"],
     shell:
         "python -m rsm_eval classify --model {params.model:q} --dataset {wildcards.dataset:q}"

@@ -5,10 +5,10 @@
 
 rule finetune:
     input:
-        unpack(lambda wc: finetune_inputs(wc.name)),
+        unpack(finetune_inputs),
     output:
-        model="results/finetune/{name}/model.pt",
-        record="results/finetune/{name}/model.json",
+        model=paths.FINETUNE_WEIGHTS,
+        record=paths.FINETUNE_RECORD,
     log:
         "results/logs/finetune/{name}.log",
     conda:
@@ -17,9 +17,9 @@ rule finetune:
     resources:
         gpu=1,
     params:
-        spec=lambda wc, input: finetune_spec(wc.name),
+        spec=lambda wc: PLAN.finetune_spec(wc.name).to_json(),
         cache_dir=CFG.cache_dir,
-        device=CFG.embed["device"],
+        device=CFG.embed.device,
         code=CODE["finetune"],
     shell:
         "python -m rsm_eval finetune --spec {params.spec:q} --out {output.model:q}"

@@ -5,14 +5,14 @@
 
 rule image_hashes:
     input:
-        images="results/manifests/{dataset}/images.parquet",
-        root=lambda wc: source(CFG.datasets[wc.dataset].images),
+        images=paths.IMAGES,
+        root=lambda wc: input_path(CFG.datasets[wc.dataset].images),
     output:
-        "results/leakage/hashes/{dataset}.parquet",
+        paths.HASHES,
     log:
         "results/logs/image_hashes/{dataset}.log",
     wildcard_constraints:
-        dataset=sharded_constraint(False),
+        dataset=PLAN.sharded_constraint(False),
     conda:
         "../../envs/data.yaml"
     threads: MODEL_THREADS
@@ -26,15 +26,15 @@ rule image_hashes:
 # A dataset with embed.shards N > 1 is hashed by N jobs, concatenated in shard order.
 rule image_hashes_shard:
     input:
-        images="results/manifests/{dataset}/images.parquet",
-        root=lambda wc: source(CFG.datasets[wc.dataset].images),
+        images=paths.IMAGES,
+        root=lambda wc: input_path(CFG.datasets[wc.dataset].images),
     output:
-        "results/leakage/hashes/{dataset}/{shard}.parquet",
+        paths.HASH_SHARD,
     log:
         "results/logs/image_hashes/{dataset}/{shard}.log",
     wildcard_constraints:
-        dataset=sharded_constraint(True),
-        shard=r"\d+-of-\d+",
+        dataset=PLAN.sharded_constraint(True),
+        shard=plan.SHARD,
     conda:
         "../../envs/data.yaml"
     threads: MODEL_THREADS
@@ -48,16 +48,13 @@ rule image_hashes_shard:
 
 rule image_hashes_gather:
     input:
-        lambda wc: expand(
-            "results/leakage/hashes/{{dataset}}/{shard}.parquet",
-            shard=shard_names(wc.dataset),
-        ),
+        lambda wc: PLAN.hash_shards(wc.dataset),
     output:
-        "results/leakage/hashes/{dataset}.parquet",
+        paths.HASHES,
     log:
         "results/logs/image_hashes/{dataset}.log",
     wildcard_constraints:
-        dataset=sharded_constraint(True),
+        dataset=PLAN.sharded_constraint(True),
     conda:
         "../../envs/data.yaml"
     params:
@@ -70,45 +67,33 @@ rule leakage_audit:
     input:
         unpack(leakage_inputs),
     output:
-        "results/leakage/audit.json",
+        paths.AUDIT,
     log:
         "results/logs/leakage_audit.log",
     conda:
         "../../envs/torch.yaml"
     threads: MODEL_THREADS
     params:
-        spec=leakage_spec(),
-        max_hamming=LEAKAGE.get("max_hamming", 6),
-        confirm=leakage_confirm_args(),
+        spec=lambda wc: PLAN.leakage_spec().to_json(),
+        cache_dir=CFG.cache_dir,
+        device=CFG.embed.device,
         code=CODE["leakage"],
     shell:
-        "python -m rsm_eval leakage --spec {params.spec:q}"
-        " --max-hamming {params.max_hamming} {params.confirm} --out {output:q}"
-        " --threads {threads} 2> {log:q}"
+        "python -m rsm_eval leakage --spec {params.spec:q} --cache-dir {params.cache_dir:q}"
+        " --device {params.device} --out {output:q} --threads {threads} 2> {log:q}"
 
 
-rule evaluate_clean:
+# The metrics without the test images found in training sources.
+use rule evaluate as evaluate_clean with:
     input:
-        captions="results/manifests/{dataset}/captions.parquet",
-        images="results/features/{model}/{dataset}/{variant}/images.parquet",
-        texts="results/features/{model}/{dataset}/{variant}/texts.parquet",
-        audit="results/leakage/audit.json",
+        captions=paths.CAPTIONS,
+        images=paths.IMAGE_FEATURES,
+        texts=paths.TEXT_FEATURES,
+        audit=paths.AUDIT,
     output:
-        metrics="results/metrics/{model}/{dataset}/{variant}.clean.json",
-        ranks="results/metrics/{model}/{dataset}/{variant}.clean.ranks.parquet",
+        metrics=paths.CLEAN_METRICS,
+        ranks=paths.CLEAN_RANKS,
     log:
         "results/logs/evaluate_clean/{model}/{dataset}/{variant}.log",
-    conda:
-        "../../envs/data.yaml"
     params:
-        split=lambda wc: CFG.datasets[wc.dataset].split,
-        code=CODE["evaluate"],
-        bootstrap=BOOTSTRAP_ARGS,
-    shell:
-        "python -m rsm_eval evaluate --captions {input.captions:q}"
-        " --image-features {input.images:q} --text-features {input.texts:q}"
-        " --model {wildcards.model:q} --dataset {wildcards.dataset:q}"
-        " --split {params.split:q} --protocol {wildcards.variant:q}"
-        " --out-json {output.metrics:q} --out-ranks {output.ranks:q}"
-        " --exclude-leaked {input.audit:q} --code {params.code} {params.bootstrap}"
-        " 2> {log:q}"
+        exclude=lambda wc, input: f"--exclude-leaked {shlex.quote(input.audit)}",

@@ -4,28 +4,28 @@
 rule localize:
     input:
         unpack(lambda wc: model_inputs(wc.model)),
-        data=lambda wc: localization_inputs(wc.dataset),
+        data=lambda wc: input_path(PLAN.localization_paths(wc.dataset)),
     output:
-        metrics="results/localization/{model}/{dataset}/metrics.json",
-        figures=directory("results/localization/{model}/{dataset}/figures"),
+        metrics=paths.LOCALIZATION_METRICS,
+        figures=directory(paths.LOCALIZATION_FIGURES),
     log:
         "results/logs/localize/{model}/{dataset}.log",
     conda:
         "../../envs/torch.yaml"
-    threads: LOC_RAW.get("threads") or MODEL_THREADS
+    threads: PLAN.localization_threads() or MODEL_THREADS
     resources:
         gpu=1,
     params:
-        model=lambda wc: model_json(wc.model),
-        model_address=lambda wc: model_address(wc.model),
-        dataset=lambda wc: localization_dataset_json(wc.dataset),
+        model=lambda wc: PLAN.model_json(wc.model),
+        model_address=model_address,
+        dataset=lambda wc: PLAN.localization_spec(wc.dataset).to_json(),
         data_address=lambda wc: [
-            source_address(p) for p in localization_paths(wc.dataset)
+            plan.source_address(p) for p in PLAN.localization_paths(wc.dataset)
         ],
         cache_dir=CFG.cache_dir,
-        device=CFG.embed["device"],
-        batch_size=CFG.embed["batch_size"],
-        bootstrap=BOOTSTRAP_ARGS,
+        device=CFG.embed.device,
+        batch_size=CFG.embed.batch_size,
+        bootstrap=PLAN.bootstrap_args,
         code=CODE["localize"],
     shell:
         "python -m rsm_eval localize --model {params.model:q} --dataset {params.dataset:q}"
@@ -36,22 +36,22 @@ rule localize:
 
 
 # The demo's generated scene (config localization.demo).
-if LOC_RAW.get("demo"):
-    LOC_DEMO = LOC_RAW["demo"]
+if CFG.localization and CFG.localization.demo:
+    LOC_DEMO = CFG.localization.demo
 
     rule demo_scene:
         output:
-            annotations=f"{LOC_DEMO['out']}/annotations/anno.json",
-            images=directory(f"{LOC_DEMO['out']}/imgs"),
+            annotations=f"{LOC_DEMO.out}/annotations/anno.json",
+            images=directory(f"{LOC_DEMO.out}/imgs"),
         log:
             "results/logs/demo_scene.log",
         conda:
             "../../envs/data.yaml"
         params:
             out=lambda wc, output: os.path.dirname(os.path.dirname(output.annotations)),
-            seed=LOC_DEMO["seed"],
-            width=LOC_DEMO["width"],
-            height=LOC_DEMO["height"],
+            seed=LOC_DEMO.seed,
+            width=LOC_DEMO.width,
+            height=LOC_DEMO.height,
         shell:
             "python -m rsm_eval demo-scene --out {params.out:q} --seed {params.seed}"
             " --width {params.width} --height {params.height} 2> {log:q}"

@@ -3,22 +3,22 @@
 
 rule manifest:
     input:
-        annotations=lambda wc: source(CFG.datasets[wc.dataset].annotations),
-        images=lambda wc: source(CFG.datasets[wc.dataset].images),
+        annotations=lambda wc: input_path(CFG.datasets[wc.dataset].annotations),
+        images=lambda wc: input_path(CFG.datasets[wc.dataset].images),
     output:
-        captions="results/manifests/{dataset}/captions.parquet",
-        images="results/manifests/{dataset}/images.parquet",
-        summary="results/manifests/{dataset}/summary.json",
+        captions=paths.CAPTIONS,
+        images=paths.IMAGES,
+        summary=paths.SUMMARY,
     log:
         "results/logs/manifest/{dataset}.log",
     conda:
         "../../envs/data.yaml"
     params:
-        dataset=lambda wc: dataset_json(wc.dataset),
-        annotations_address=lambda wc: source_address(
+        dataset=lambda wc: PLAN.dataset_json(wc.dataset),
+        annotations_address=lambda wc: plan.source_address(
             CFG.datasets[wc.dataset].annotations
         ),
-        images_address=lambda wc: source_address(CFG.datasets[wc.dataset].images),
+        images_address=lambda wc: plan.source_address(CFG.datasets[wc.dataset].images),
         code=CODE["manifest"],
     shell:
         "python -m rsm_eval manifest --dataset {params.dataset:q}"

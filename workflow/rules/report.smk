@@ -4,15 +4,15 @@
 
 rule report:
     input:
-        metrics=METRICS_FILES,
-        summaries=SUMMARY_FILES,
-        paired="results/statistics/paired.json",
-        audit=["results/leakage/audit.json"] if LEAKAGE else [],
-        clean=CLEAN_METRICS_FILES,
-        classification=CLASSIFICATION_FILES,
-        scenes=SCENE_FILES,
-        finetunes=FINETUNE_RECORDS,
-        localization=LOCALIZATION_FILES,
+        metrics=PLAN.metrics_files,
+        summaries=PLAN.summary_files,
+        paired=paths.PAIRED,
+        audit=PLAN.audit_files,
+        clean=PLAN.clean_metrics_files,
+        classification=PLAN.classification_files,
+        scenes=PLAN.scene_files,
+        finetunes=PLAN.finetune_records,
+        localization=PLAN.localization_files,
     output:
         csv=report(
             "results/report/retrieval.csv",
@@ -44,11 +44,12 @@ rule report:
         "../../envs/data.yaml"
     params:
         root=workflow.basedir,
-        published=published_keys(),
+        published=PLAN.published_keys(),
         tolerance=CFG.raw["published_tolerance"],
         leakage=lambda wc, input: (
-            f"--audit {shlex.quote(input.audit[0])} --image-roots {shlex.quote(image_roots())}"
-            if LEAKAGE
+            f"--audit {shlex.quote(input.audit[0])}"
+            f" --image-roots {shlex.quote(json.dumps(PLAN.image_roots(), sort_keys=True))}"
+            if input.audit
             else ""
         ),
         code=CODE["report"],

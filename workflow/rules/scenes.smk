@@ -4,25 +4,25 @@
 
 rule scene_manifest:
     input:
-        images=lambda wc: source(CFG.datasets[wc.dataset].images),
+        images=lambda wc: input_path(CFG.datasets[wc.dataset].images),
         annotations=lambda wc: (
-            [source(CFG.datasets[wc.dataset].annotations)]
+            [input_path(CFG.datasets[wc.dataset].annotations)]
             if CFG.datasets[wc.dataset].annotations
             else []
         ),
     output:
-        manifest="results/scenes/{dataset}/manifest.parquet",
-        summary="results/scenes/{dataset}/summary.json",
+        manifest=paths.SCENE_MANIFEST,
+        summary=paths.SCENE_SUMMARY,
     log:
         "results/logs/scene_manifest/{dataset}.log",
     conda:
         "../../envs/data.yaml"
     threads: 2
     params:
-        dataset=lambda wc: dataset_json(wc.dataset),
-        images_address=lambda wc: source_address(CFG.datasets[wc.dataset].images),
+        dataset=lambda wc: PLAN.dataset_json(wc.dataset),
+        images_address=lambda wc: plan.source_address(CFG.datasets[wc.dataset].images),
         annotations_address=lambda wc: (
-            source_address(CFG.datasets[wc.dataset].annotations)
+            plan.source_address(CFG.datasets[wc.dataset].annotations)
             if CFG.datasets[wc.dataset].annotations
             else ""
         ),
@@ -36,9 +36,9 @@ rule scene_manifest:
 rule scene_features:
     input:
         unpack(lambda wc: model_inputs(wc.model)),
-        manifest="results/scenes/{dataset}/manifest.parquet",
+        manifest=paths.SCENE_MANIFEST,
     output:
-        "results/scenes/{dataset}/features/{model}.parquet",
+        paths.SCENE_FEATURES,
     log:
         "results/logs/scene_features/{dataset}/{model}.log",
     conda:
@@ -47,13 +47,13 @@ rule scene_features:
     resources:
         gpu=1,
     params:
-        model=lambda wc: model_json(wc.model),
-        model_address=lambda wc: model_address(wc.model),
+        model=lambda wc: PLAN.model_json(wc.model),
+        model_address=model_address,
         images_root=lambda wc: CFG.datasets[wc.dataset].images,
         cache_dir=CFG.cache_dir,
-        batch_size=CFG.embed["batch_size"],
-        workers=CFG.embed["workers"] or 0,
-        device=CFG.embed["device"],
+        batch_size=CFG.embed.batch_size,
+        workers=CFG.embed.workers or 0,
+        device=CFG.embed.device,
         code=CODE["scene_eval"],
     shell:
         "python -m rsm_eval scene-features --model {params.model:q}"
@@ -65,25 +65,25 @@ rule scene_features:
 
 rule zeroshot:
     input:
-        manifest="results/scenes/{dataset}/manifest.parquet",
-        features="results/scenes/{dataset}/features/{model}.parquet",
+        manifest=paths.SCENE_MANIFEST,
+        features=paths.SCENE_FEATURES,
     output:
-        "results/scenes/{dataset}/zeroshot/{model}/{templates}.json",
+        paths.ZEROSHOT,
     log:
         "results/logs/zeroshot/{dataset}/{model}/{templates}.log",
     wildcard_constraints:
-        templates="[A-Za-z0-9][A-Za-z0-9_.-]*",
+        templates=plan.NAME,
     conda:
         "../../envs/torch.yaml"
     threads: 2
     resources:
         gpu=1,
     params:
-        model=lambda wc: model_json(wc.model),
-        dataset=lambda wc: dataset_json(wc.dataset),
+        model=lambda wc: PLAN.model_json(wc.model),
+        dataset=lambda wc: PLAN.dataset_json(wc.dataset),
         cache_dir=CFG.cache_dir,
-        device=CFG.embed["device"],
-        bootstrap=BOOTSTRAP_ARGS,
+        device=CFG.embed.device,
+        bootstrap=PLAN.bootstrap_args,
         code=CODE["scene_eval"],
     shell:
         "python -m rsm_eval zeroshot --model {params.model:q} --dataset {params.dataset:q}"
@@ -95,17 +95,17 @@ rule zeroshot:
 
 rule linear_probe:
     input:
-        manifest="results/scenes/{dataset}/manifest.parquet",
-        features="results/scenes/{dataset}/features/{model}.parquet",
+        manifest=paths.SCENE_MANIFEST,
+        features=paths.SCENE_FEATURES,
     output:
-        "results/scenes/{dataset}/probe/{model}.json",
+        paths.PROBE,
     log:
         "results/logs/linear_probe/{dataset}/{model}.log",
     conda:
         "../../envs/data.yaml"
     threads: 2
     params:
-        settings=json.dumps(PROBE, sort_keys=True),
+        settings=CFG.classification.linear_probe.to_json(),
         split=lambda wc: CFG.datasets[wc.dataset].split,
         code=CODE["probe"],
     shell:

@@ -7,37 +7,24 @@ rule fetch_file:
     input:
         fetch_inputs,
     output:
-        "results/sources/{source}",
+        paths.FETCHED,
     log:
-        "results/logs/fetch/{source}.log",
+        "results/logs/fetch/{fetched}.log",
     wildcard_constraints:
-        source=fetch_constraint(is_dir=False),
+        fetched=PLAN.fetch_constraint(is_dir=False),
     conda:
         "../../envs/data.yaml"
     params:
-        spec=fetch_spec,
+        spec=lambda wc: PLAN.fetch_spec(wc.fetched).to_json(),
         lock=CFG.raw["sources_lock"],
         refresh="--refresh-lock" if CFG.raw["refresh_lock"] else "",
     shell:
-        "python -m rsm_eval fetch --source {params.spec:q} --dest {output:q}"
+        "python -m rsm_eval fetch --spec {params.spec:q} --dest {output:q}"
         " --lock {params.lock:q} {params.refresh} 2>&1 | tee {log:q} >&2"
 
 
-rule fetch_dir:
-    input:
-        fetch_inputs,
+use rule fetch_file as fetch_dir with:
     output:
-        directory("results/sources/{source}"),
-    log:
-        "results/logs/fetch/{source}.log",
+        directory(paths.FETCHED),
     wildcard_constraints:
-        source=fetch_constraint(is_dir=True),
-    conda:
-        "../../envs/data.yaml"
-    params:
-        spec=fetch_spec,
-        lock=CFG.raw["sources_lock"],
-        refresh="--refresh-lock" if CFG.raw["refresh_lock"] else "",
-    shell:
-        "python -m rsm_eval fetch --source {params.spec:q} --dest {output:q}"
-        " --lock {params.lock:q} {params.refresh} 2>&1 | tee {log:q} >&2"
+        fetched=PLAN.fetch_constraint(is_dir=True),

@@ -1,8 +1,9 @@
 """Load, validate and normalise the workflow configuration; resolve what to evaluate.
 
-The JSON schema in workflow/schemas/config.schema.yaml is the contract. Validation errors
-name the key path (`models.rsm-clip.weigths`) and what was expected; defaults from the
-schema are filled in so the rest of the package never guesses.
+The JSON schema in workflow/schemas/config.schema.yaml is the contract (config.schema);
+the result is typed (config.types), one dataclass per entry and section, built from the
+validated mapping with the schema's defaults filled in, so the rest of the package never
+guesses and no default is written twice.
 """
 
 from __future__ import annotations
@@ -10,212 +11,71 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
-from .errors import RsmEvalError
+from ..errors import RsmEvalError
+from ..paths import finetune_weights
+from .schema import SCHEMA_PATH, validate
+from .types import (
+    LOCALIZATION_PARAMS,
+    SCENE_FORMATS,
+    SOURCES_DIR,
+    Classification,
+    Config,
+    Dataset,
+    Demo,
+    Embed,
+    Evaluation,
+    FetchSpec,
+    Leakage,
+    LeakageTrain,
+    LinearProbe,
+    Localization,
+    LocalizationDataset,
+    LocalizationDemo,
+    Model,
+    SceneEvaluation,
+    SourceSpec,
+    Statistics,
+)
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
-REGISTRY_PATH = Path(__file__).resolve().parent / "data" / "registry.yaml"
-TEMPLATES_PATH = Path(__file__).resolve().parent / "data" / "templates.yaml"
-# Scene-classification formats (rsm_eval.scenes); the others are caption (retrieval) formats.
-SCENE_FORMATS = ("class-folders", "label-csv")
-# Where fetched sources land: results/sources/<kind>/<name>/<field>/<file name>.
-SOURCES_DIR = "results/sources"
+__all__ = [
+    "LOCALIZATION_PARAMS",
+    "SCENE_FORMATS",
+    "SCHEMA_PATH",
+    "SOURCES_DIR",
+    "Classification",
+    "Config",
+    "Dataset",
+    "Demo",
+    "Embed",
+    "Evaluation",
+    "FetchSpec",
+    "Leakage",
+    "LeakageTrain",
+    "LinearProbe",
+    "Localization",
+    "LocalizationDataset",
+    "LocalizationDemo",
+    "Model",
+    "SceneEvaluation",
+    "SourceSpec",
+    "Statistics",
+    "finetune_weights",
+    "load",
+    "load_file",
+    "registry",
+    "validate",
+    "without_sources",
+]
 
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """A config source that a `fetch` job materialises at `dest` (or that is used in place)."""
-
-    key: str  # config key, e.g. "models.rsm-clip.weights"
-    entry: dict[str, Any]  # the config mapping (url | path, mirrors, sha256, member, ...)
-    dest: str  # local path the rest of the workflow reads
-    is_dir: bool
-    # How the dataset reads it (sources.layout.Layout): lets a fetch job find the annotation
-    # file and image folder inside an archive by content.
-    layout: dict[str, Any] | None = None
-
-    @property
-    def fetched(self) -> bool:
-        """True when a job must download or extract it; False for a plain manual path."""
-        return any(k in self.entry for k in ("url", "member", "recipe"))
-
-
-@dataclass(frozen=True)
-class Dataset:
-    name: str
-    format: str
-    annotations: str
-    images: str
-    split: str = "test"
-    label: str = ""
-    encoding: str = "utf-8"
-    csv_separator: str = ","
-    columns: dict[str, str] = field(default_factory=dict)
-    expected: dict[str, dict[str, int]] = field(default_factory=dict)
-    max_image_pixels: int = 100_000_000
-    published: str = ""
-    evaluate: bool = True
-    # Scene datasets: class-name overrides and the template sets evaluated by default.
-    classnames: dict[str, str] = field(default_factory=dict)
-    templates: tuple[str, ...] = ("single",)
-    # Retrieval splits: where scene labels come from (file names, or UCM-Captions' numbers).
-    image_labels: str = "file-names"
-
-    @property
-    def is_scene(self) -> bool:
-        return self.format in SCENE_FORMATS
-
-    def params(self) -> dict[str, Any]:
-        """What changes the manifest besides the file contents (paths excluded on purpose)."""
-        return {
-            "name": self.name,
-            "format": self.format,
-            "split": self.split,
-            "encoding": self.encoding,
-            "csv_separator": self.csv_separator,
-            "columns": dict(sorted(self.columns.items())),
-            "expected": self.expected,
-            "max_image_pixels": self.max_image_pixels,
-        }  # `evaluate` and `published` change what is done with it, not its manifest
-
-
-@dataclass(frozen=True)
-class Model:
-    name: str
-    arch: str
-    weights: str | None = None
-    pretrained: str | None = None
-    random: int | None = None
-    force_quick_gelu: bool = False
-    label: str = ""
-    registry: str | None = None
-    published: dict[str, str] | None = None
-    # The model interface (rsm_eval.models): which library runs it and how inputs are prepared.
-    backend: str = "open_clip"
-    activation: str | None = None  # declared activation, checked against the built model
-    preprocess: dict[str, Any] | None = None  # image: size, resize, crop, interpolation, mean, std
-    text: dict[str, Any] | None = None  # text: prefix, padding, max_length
-    hub: str | None = None  # Hugging Face repo the files come from (informative)
-    revision: str | None = None
-    files: list[str] | None = None  # files of a `weights` directory (a transformers repo)
-
-    @property
-    def weights_kind(self) -> str:
-        if self.weights is not None:
-            return "file"
-        if self.pretrained is not None:
-            return "pretrained"
-        return "random"
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    model: str
-    dataset: str
-    protocol: str = "remoteclip"
-    autocast: bool = False
-
-    @property
-    def variant(self) -> str:
-        """File-name part that tells evaluations of one model x dataset apart."""
-        return self.protocol + ("-autocast" if self.autocast else "")
-
-
-@dataclass(frozen=True)
-class SceneEvaluation:
-    """Zero-shot classification of a scene dataset by one model with one template set."""
-
-    model: str
-    dataset: str
-    templates: str
-
-
-@dataclass(frozen=True)
-class Config:
-    raw: dict[str, Any]
-    datasets: dict[str, Dataset]
-    models: dict[str, Model]
-    evaluations: tuple[Evaluation, ...]
-    cache_dir: str
-    embed: dict[str, Any]
-    sources: dict[str, SourceSpec] = field(default_factory=dict)
-    finetunes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Semantic localization: {"datasets": {name: entry with local paths}, "models": [...]}.
-    localization: dict[str, Any] = field(default_factory=dict)
-    scene_evaluations: tuple[SceneEvaluation, ...] = ()
-
-    def scene_pairs(self) -> list[tuple[str, str]]:
-        """Distinct (model, scene dataset) pairs that need scene features."""
-        return sorted({(e.model, e.dataset) for e in self.scene_evaluations})
-
-    def model_datasets(self) -> list[tuple[str, str]]:
-        """Distinct (model, dataset) pairs that need features."""
-        return sorted({(e.model, e.dataset) for e in self.evaluations})
-
-
-def _schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
-
-
-def _key_path(error: jsonschema.ValidationError) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
-
-
-def _fill_defaults(instance: Any, schema: dict, root: dict) -> None:
-    """Fill `default`s from the schema into `instance` (jsonschema validates, it does not fill)."""
-    if "$ref" in schema:
-        name = schema["$ref"].rsplit("/", 1)[-1]
-        schema = root["$defs"][name]
-    if not isinstance(instance, dict):
-        return
-    for key, sub in schema.get("properties", {}).items():
-        if key not in instance and "default" in sub:
-            instance[key] = copy.deepcopy(sub["default"])
-        if key in instance:
-            _fill_defaults(instance[key], sub, root)
-            if sub.get("type") == "array" and isinstance(instance[key], list):
-                for item in instance[key]:
-                    _fill_defaults(item, sub.get("items", {}), root)
-    extra = schema.get("additionalProperties")
-    if isinstance(extra, dict):
-        for key, value in instance.items():
-            if key not in schema.get("properties", {}):
-                _fill_defaults(value, extra, root)
-
-
-def validate(raw: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Validate against the schema; return a copy with defaults filled in."""
-    if not isinstance(raw, dict):
-        raise RsmEvalError(
-            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
-        )
-    schema = _schema()
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = []
-        for err in errors[:10]:
-            msg = err.message
-            if err.validator == "additionalProperties":
-                allowed = sorted(err.schema.get("properties", {}))
-                msg += f" (allowed keys: {', '.join(allowed)})"
-            elif err.validator == "oneOf":
-                msg = "expected a path (string) or a source mapping with 'url' or 'path'"
-            lines.append(f"  {_key_path(err)}: {msg}")
-        raise RsmEvalError(f"{source}: invalid configuration\n" + "\n".join(lines))
-    filled = copy.deepcopy(raw)
-    _fill_defaults(filled, schema, schema)
-    return filled
-
-
-def finetune_weights(name: str) -> str:
-    return f"results/finetune/{name}/model.pt"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+REGISTRY_PATH = DATA_DIR / "registry.yaml"
+TEMPLATES_PATH = DATA_DIR / "templates.yaml"
 
 
 def registry() -> dict[str, dict[str, Any]]:
@@ -238,7 +98,7 @@ def _resolve_model(name: str, entry: dict[str, Any], source: str) -> dict[str, A
             for k in ("weights", "pretrained", "random"):
                 base.pop(k, None)
         entry = {**base, **entry}
-    from . import hub
+    from .. import hub
 
     try:
         entry = hub.expand(f"models.{name}", entry)
@@ -255,7 +115,7 @@ def _resolve_model(name: str, entry: dict[str, Any], source: str) -> dict[str, A
     return entry
 
 
-def _source_path(key: str, value: Any, is_dir: bool, sources: dict[str, SourceSpec]) -> str:
+def _source_path(key: str, value: Any, is_dir: bool, sources: dict[str, FetchSpec]) -> str:
     """The local path for a config value that is a path or a source mapping."""
     if isinstance(value, str):
         return value
@@ -268,11 +128,11 @@ def _source_path(key: str, value: Any, is_dir: bool, sources: dict[str, SourceSp
         dest = f"{SOURCES_DIR}/{key.replace('.', '/')}/{leaf}"
     else:
         dest = entry["path"]
-    sources[dest] = SourceSpec(key=key, entry=entry, dest=dest, is_dir=is_dir)
+    sources[dest] = FetchSpec(key=key, entry=entry, dest=dest, is_dir=is_dir)
     return dest
 
 
-def _attach_layout(ds: Dataset, sources: dict[str, SourceSpec]) -> None:
+def _attach_layout(ds: Dataset, sources: dict[str, FetchSpec]) -> None:
     """Tell a dataset's fetched sources how its annotations name its images."""
     if ds.format not in ("karpathy-json", "csv"):
         return
@@ -290,21 +150,21 @@ def _attach_layout(ds: Dataset, sources: dict[str, SourceSpec]) -> None:
 
 
 def _directory_sources(
-    key: str, names: list[str], entries: list[dict[str, Any]], sources: dict[str, SourceSpec]
+    key: str, names: list[str], entries: list[dict[str, Any]], sources: dict[str, FetchSpec]
 ) -> str:
     """Sources for the files of one directory (a hub repo); each file has its own key
     (`<key>/<file>`), hence its own entry in the sources lock. Returns the directory."""
     folder = f"{SOURCES_DIR}/{key.replace('.', '/')}"
     for file, entry in zip(names, entries, strict=True):
         dest = f"{folder}/{file}"
-        sources[dest] = SourceSpec(key=f"{key}/{file}", entry=dict(entry), dest=dest, is_dir=False)
+        sources[dest] = FetchSpec(key=f"{key}/{file}", entry=dict(entry), dest=dest, is_dir=False)
     return folder
 
 
 def load(raw: dict[str, Any], source: str = "config") -> Config:
     """Validate and normalise a configuration mapping (as Snakemake's `config`)."""
     cfg = validate(raw, source)
-    sources: dict[str, SourceSpec] = {}
+    sources: dict[str, FetchSpec] = {}
     datasets = {}
     for name, entry in cfg["datasets"].items():
         entry = dict(entry)
@@ -423,12 +283,33 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
         models=models,
         evaluations=tuple(dict.fromkeys(evaluations)),
         cache_dir=cfg["cache_dir"],
-        embed=cfg["embed"],
+        embed=Embed(**cfg["embed"]),
+        statistics=Statistics(**cfg["statistics"]),
+        classification=_classification(cfg["classification"]),
+        demo=Demo(**cfg["demo"]),
         sources=sources,
         finetunes=finetunes,
+        leakage=_leakage(cfg.get("leakage")),
         localization=localization,
         scene_evaluations=tuple(dict.fromkeys(scene_evaluations)),
     )
+
+
+def _classification(section: dict[str, Any]) -> Classification:
+    probe = dict(section["linear_probe"])
+    probe.update(shots=tuple(probe["shots"]), C=tuple(probe["C"]))
+    return Classification(
+        enabled=section["enabled"],
+        templates=tuple(section["templates"]),
+        linear_probe=LinearProbe(**probe),
+    )
+
+
+def _leakage(section: dict[str, Any] | None) -> Leakage | None:
+    if section is None:
+        return None
+    train = tuple(LeakageTrain(**t) for t in section.get("train", []))
+    return Leakage(**{**section, "train": train})
 
 
 def _check_template_sets(names: tuple[str, ...], where: str) -> None:
@@ -452,12 +333,12 @@ def _scene_evaluations(
 def _localization(
     loc: dict[str, Any] | None,
     models: dict[str, Model],
-    sources: dict[str, SourceSpec],
+    sources: dict[str, FetchSpec],
     source: str,
-) -> dict[str, Any]:
+) -> Localization | None:
     """The `localization` section with local paths for its sources and its models checked."""
     if not loc:
-        return {}
+        return None
     datasets = {}
     for name, entry in loc["datasets"].items():
         entry = dict(entry)
@@ -476,7 +357,7 @@ def _localization(
                 entry[fld] = _source_path(key, entry[fld], is_dir, sources)
         else:
             raise RsmEvalError(f"{where}: needs 'root', or both 'annotations' and 'images'")
-        datasets[name] = entry
+        datasets[name] = LocalizationDataset(name=name, **entry)
     chosen = loc.get("models", list(models))
     for i, name in enumerate(chosen):
         if name not in models:
@@ -484,7 +365,13 @@ def _localization(
                 f"{source}: localization.models.{i}: unknown model {name!r} "
                 f"(configured: {', '.join(models)})"
             )
-    return {"datasets": datasets, "models": list(dict.fromkeys(chosen))}
+    settings = {k: v for k, v in loc.items() if k not in ("datasets", "models", "demo")}
+    return Localization(
+        datasets=datasets,
+        models=tuple(dict.fromkeys(chosen)),
+        **{**settings, "windows": tuple(settings["windows"])},
+        demo=LocalizationDemo(**loc["demo"]) if "demo" in loc else None,
+    )
 
 
 def without_sources(cfg: Config, keys: Iterable[str]) -> Config:
@@ -503,11 +390,12 @@ def without_sources(cfg: Config, keys: Iterable[str]) -> Config:
         return e.dataset not in dropped["datasets"] and e.model not in dropped["models"]
 
     localization = cfg.localization
-    if localization:
-        localization = {
-            "datasets": {n: d for n, d in localization["datasets"].items() if n not in loc_dropped},
-            "models": [m for m in localization["models"] if m not in dropped["models"]],
-        }
+    if localization is not None:
+        localization = replace(
+            localization,
+            datasets={n: d for n, d in localization.datasets.items() if n not in loc_dropped},
+            models=tuple(m for m in localization.models if m not in dropped["models"]),
+        )
     return replace(
         cfg,
         evaluations=tuple(e for e in cfg.evaluations if kept(e)),
