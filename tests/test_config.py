@@ -15,14 +15,14 @@ BASE = {
 def test_defaults_filled_and_every_pair_evaluated():
     cfg = config.load({**BASE, "models": {**BASE["models"], "r": {"arch": "x.json", "random": 1}}})
     assert cfg.cache_dir == "results/cache"
-    assert cfg.embed == {
-        "batch_size": 64,
-        "workers": None,
-        "threads": None,
-        "shards": 1,
-        "device": "auto",
-        "chunk_rows": 2048,
-    }
+    assert cfg.embed == config.Embed(
+        batch_size=64, workers=None, threads=None, shards=1, device="auto", chunk_rows=2048
+    )
+    # Every typed section has the schema's defaults (written only in the schema).
+    assert cfg.statistics == config.Statistics(n_resamples=1000, seed=0, level=0.95)
+    assert cfg.classification.enabled and cfg.classification.linear_probe.shots == (1, 2, 4, 8, 16)
+    assert cfg.demo.n_train == 300 and cfg.demo.out == "results/demo/data"
+    assert cfg.leakage is None and cfg.localization is None
     assert cfg.datasets["d"].split == "test"
     assert cfg.models["m"].force_quick_gelu is False
     assert [(e.model, e.dataset, e.protocol) for e in cfg.evaluations] == [
@@ -76,3 +76,22 @@ def test_shipped_configs_validate():
 def test_not_a_mapping():
     with pytest.raises(RsmEvalError, match="expected a mapping"):
         config.load(["datasets"])
+
+
+def test_leakage_section_is_typed_with_schema_defaults():
+    cfg = config.load({**BASE, "leakage": {"train": [{"dataset": "d", "split": "train"}]}})
+    assert cfg.leakage == config.Leakage(
+        train=(config.LeakageTrain("d", "train"),), max_hamming=6, cosine_threshold=0.9
+    )
+    assert cfg.leakage.train[0].label == "d:train"
+
+
+def test_model_and_dataset_read_back_from_their_json():
+    cfg = config.load(BASE)
+    for obj in (cfg.models["m"], cfg.datasets["d"]):
+        back = type(obj).from_json(obj.to_json())
+        assert back.to_json() == obj.to_json()
+    with pytest.raises(RsmEvalError, match=r"Model: unknown key\(s\) weigths"):
+        config.Model.from_json('{"name": "m", "arch": "a", "weigths": "x"}')
+    with pytest.raises(RsmEvalError, match=r"Model: missing key\(s\) arch"):
+        config.Model.from_json('{"name": "m"}')

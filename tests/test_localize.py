@@ -251,14 +251,14 @@ def test_config_resolves_an_air_slt_root_source():
     cfg = config.load(
         _config({"datasets": {"air-slt": {"root": {"url": url, "member": "AIR-SLT"}}}})
     )
-    ds = cfg.localization["datasets"]["air-slt"]
+    ds = cfg.localization.datasets["air-slt"]
     root = "results/sources/localization/datasets/air-slt/root/AIR-SLT"
-    assert ds["root"] == root and ds["annotations"] == f"{root}/annotations/anno.json"
-    assert ds["images"] == f"{root}/imgs" and ds["published"] == "air-slt"
+    assert ds.root == root and ds.annotations == f"{root}/annotations/anno.json"
+    assert ds.images == f"{root}/imgs" and ds.published == "air-slt"
     assert cfg.sources[root].key == "localization.datasets.air-slt.root"
-    assert cfg.sources[root].is_dir and cfg.localization["models"] == ["m"]
-    assert cfg.raw["localization"]["windows"] == [256, 512, 768]
-    assert cfg.raw["localization"]["median_blur"] == 251
+    assert cfg.sources[root].is_dir and cfg.localization.models == ("m",)
+    assert cfg.localization.windows == (256, 512, 768)
+    assert cfg.localization.median_blur == 251
 
 
 @pytest.mark.parametrize(
