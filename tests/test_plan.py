@@ -52,7 +52,8 @@ def test_every_spec_reads_back_with_its_own_class(demo_plan):
         assert type(spec).from_json(spec.to_json()) == spec
     leak = p.leakage_spec()
     assert leak.confirm_with == p.cfg.models["tiny-finetuned"] and leak.max_hamming == 6
-    assert leak.trains["demo:train"] == specs.HashTable(paths.HASHES.format(dataset="demo"), "train")
+    demo_hashes = paths.HASHES.format(dataset="demo")
+    assert leak.trains["demo:train"] == specs.HashTable(demo_hashes, "train")
     # what the CLI receives is what the plan built
     args = cli.build_parser().parse_args(["leakage", "--spec", leak.to_json(), "--out", "a"])
     assert args.spec == leak

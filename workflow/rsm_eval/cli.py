@@ -344,7 +344,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         )
         for s in spec.training
     ]
-    tests = [finetune.EvalSplit(name=t.name, captions=t.captions, split=t.split) for t in spec.tests]
+    tests = [
+        finetune.EvalSplit(name=t.name, captions=t.captions, split=t.split) for t in spec.tests
+    ]
     with gpus.claim_device(args.device) as device:
         print(gpus.describe(device), file=sys.stderr)
         record = finetune.finetune(
@@ -437,7 +439,9 @@ def _add_model_job_args(
 
 
 def _add_dataset_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", type=_spec_arg(Dataset), required=True, help="dataset entry as JSON")
+    p.add_argument(
+        "--dataset", type=_spec_arg(Dataset), required=True, help="dataset entry as JSON"
+    )
 
 
 def _add_stage(sub, name: str, func, help: str, *required: str, code: bool = False):
@@ -513,7 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="decoding threads (default: all)")
     p.add_argument("--shard", default=None, help="<i>-of-<n>: hash only that shard's images")
 
-    p = _add_stage(sub, "gather-hashes", cmd_gather_hashes, "concatenate sharded hash tables", "out")
+    p = _add_stage(
+        sub, "gather-hashes", cmd_gather_hashes, "concatenate sharded hash tables", "out"
+    )
     p.add_argument("--parts", nargs="+", required=True, help="shard tables, in shard order")
 
     p = _add_stage(

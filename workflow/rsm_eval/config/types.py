@@ -200,7 +200,13 @@ class LocalizationDemo:
 
 
 # The localize stage's parameters (localize.DEFAULT_PARAMS): what changes a map.
-LOCALIZATION_PARAMS = ("windows", "crop_size", "crop_jpeg_quality", "median_blur", "probmap_jpeg_quality")
+LOCALIZATION_PARAMS = (
+    "windows",
+    "crop_size",
+    "crop_jpeg_quality",
+    "median_blur",
+    "probmap_jpeg_quality",
+)
 
 
 @dataclass(frozen=True)
