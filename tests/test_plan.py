@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from rsm_eval import cli, config, paths, plan, specs
 from rsm_eval.errors import RsmEvalError
 

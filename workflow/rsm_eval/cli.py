@@ -267,9 +267,7 @@ def cmd_demo_scene(args: argparse.Namespace) -> None:
 def cmd_scene_manifest(args: argparse.Namespace) -> None:
     from . import scenes
 
-    summary = scenes.write(
-        args.dataset, Path(args.out), Path(args.summary), code=args.code
-    )
+    summary = scenes.write(args.dataset, Path(args.out), Path(args.summary), code=args.code)
     print(json.dumps(summary["counts"], indent=1), file=sys.stderr)
 
 

@@ -160,5 +160,3 @@ def run(args: argparse.Namespace) -> None:
         low, high = record["tie_interval"][key]
         if round(high - low, 2) > 0.01:
             print(f"{name}: {low:.2f}-{high:.2f} over all orders of tied scores", file=sys.stderr)
-
-

@@ -71,4 +71,3 @@ def validate(raw: dict[str, Any], source: str = "config") -> dict[str, Any]:
     filled = copy.deepcopy(raw)
     _fill_defaults(filled, schema, schema)
     return filled
-

@@ -278,6 +278,4 @@ class Config:
         return sorted({(e.model, e.dataset) for e in self.evaluations})
 
 
-
-
 SourceSpec = FetchSpec  # the name before issue 17
