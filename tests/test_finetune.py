@@ -190,7 +190,9 @@ def test_address_is_stable_and_follows_inputs(trained, env):
     first = addr()
     assert first == addr() == record["address"]
     # Names and paths are not content: a renamed source gives the same address.
-    renamed = [finetune.TrainingManifest(s.captions, s.images, s.splits, name="x") for s in sources(env)]
+    renamed = [
+        finetune.TrainingManifest(s.captions, s.images, s.splits, name="x") for s in sources(env)
+    ]
     assert addr(renamed) == first
     others = {
         addr(lr=PARAMS.lr / 2),

@@ -224,5 +224,3 @@ def parse_logs(run_dir: Path) -> dict[str, Any]:
         "val_metrics": val[-1] if val else None,
         "val_metrics_per_epoch": val,
     }
-
-

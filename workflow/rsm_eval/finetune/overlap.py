@@ -54,8 +54,7 @@ def _named(shas: Mapping[str, str] | Iterable[str]) -> dict[str, str]:
 def _overlap_error(overlaps: list[dict[str, str]], show: int) -> RsmEvalError:
     per_dataset = Counter(o["dataset"] for o in overlaps)
     listed = "; ".join(
-        f"{o['train_image']} = {o['dataset']} test image {o['test_image']}"
-        for o in overlaps[:show]
+        f"{o['train_image']} = {o['dataset']} test image {o['test_image']}" for o in overlaps[:show]
     )
     more = f" (+{len(overlaps) - show} more)" if len(overlaps) > show else ""
     counts = ", ".join(f"{n} of {d}" for d, n in sorted(per_dataset.items()))
