@@ -43,15 +43,15 @@ class Choice:
         return str(rng.choice(self.options))
 
 
-class Distinct(Choice):
+@dataclass(frozen=True)
+class Distinct:
     """``k`` different words of the given ones, in drawn order."""
 
-    def __init__(self, k: int, *options: str) -> None:
-        super().__init__(*options)
-        self.k = k
+    k: int
+    options: tuple[str, ...]
 
-    def __call__(self, rng: np.random.Generator, drawn: Attrs) -> list[str]:  # type: ignore[override]
-        return [str(c) for c in rng.choice(self.options, size=self.k, replace=False)]
+    def __call__(self, rng: np.random.Generator, drawn: Attrs) -> list[str]:
+        return [str(c) for c in rng.choice(list(self.options), size=self.k, replace=False)]
 
 
 def flag(rng: np.random.Generator, drawn: Attrs) -> bool:
@@ -123,7 +123,7 @@ SCENES: dict[str, SceneClass] = {
     ),
     "farmland": SceneClass(
         {
-            "colours": Distinct(2, "green", "yellow", "brown"),
+            "colours": Distinct(2, ("green", "yellow", "brown")),
             "n": Int(3, 7),
             "orientation": Choice(*_HV),
         },
