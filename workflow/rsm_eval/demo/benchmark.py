@@ -207,7 +207,10 @@ class _Layout:
         regular, pair_slots = sizes.regular, sizes.pair_slots
         classes = {s: _balanced_classes(regular[s], rng) for s in SPLITS}
         pairs = sorted(
-            (pair_slots[i] for i in rng.choice(len(pair_slots), size=sizes.n_shared, replace=False)),
+            (
+                pair_slots[i]
+                for i in rng.choice(len(pair_slots), size=sizes.n_shared, replace=False)
+            ),
             key=lambda p: (SPLITS.index(p[0]), p[1]),
         )
         shared_second: set[Slot] = set()

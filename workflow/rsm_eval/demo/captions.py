@@ -264,4 +264,3 @@ def pond(a: Attrs) -> list[str]:
         f"{cap(count(n, 'irregular pond'))} of {w} water on green land.",
         f"Green grass grows around the {w} pond{'s' if n == 2 else ''}.",
     ]
-

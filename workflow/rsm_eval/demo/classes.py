@@ -67,7 +67,9 @@ def if_single(sampler: Sampler, otherwise: Any) -> Sampler:
 def tank_count(rng: np.random.Generator, drawn: Attrs) -> int:
     """As many tanks as fit in one row across the image, or a grid of four to nine."""
     cap = 4 if drawn["size"] == "large" else 6
-    return int(rng.integers(2, cap + 1)) if drawn["arrangement"] == "row" else int(rng.integers(4, 10))
+    return (
+        int(rng.integers(2, cap + 1)) if drawn["arrangement"] == "row" else int(rng.integers(4, 10))
+    )
 
 
 @dataclass(frozen=True)

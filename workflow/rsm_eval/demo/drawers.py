@@ -263,4 +263,3 @@ def pond(a: Attrs, rng: np.random.Generator) -> np.ndarray:
         poly = [(float(x), float(y)) for x, y in zip(xs, ys, strict=True)]
         d.polygon(poly, fill=water, outline=(70, 104, 56))
     return texture(img, rng, grain=5, mottle=4)
-

@@ -20,6 +20,7 @@ from .primitives import Attrs, encode
 SPLITS = ("train", "val", "test")
 SENTENCES_PER_IMAGE = 5
 
+
 @dataclass
 class Entry:
     """One image to be written: its pixels or bytes, captions and bookkeeping."""
@@ -160,4 +161,3 @@ def summary(
             [entries[s][p].filename, entries[s][p + 1].filename] for s, p in chosen_pairs
         ],
     }
-

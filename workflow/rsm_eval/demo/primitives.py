@@ -81,7 +81,6 @@ def wave(length: int, rng: np.random.Generator, amp: float, period: tuple[int, i
     return amp * np.sin(2 * math.pi * np.arange(length) / lam + phase)
 
 
-
 def encode(pixels: np.ndarray, ext: str, quality: int = JPEG_QUALITY) -> bytes:
     buf = io.BytesIO()
     img = Image.fromarray(pixels, mode="RGB")
@@ -95,4 +94,3 @@ def encode(pixels: np.ndarray, ext: str, quality: int = JPEG_QUALITY) -> bytes:
 def decode(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("RGB"))
-
