@@ -52,7 +52,9 @@ def _cached(
     return feats[[pos[k] for k in keys]]
 
 
-def embed_texts(model: Model, texts: list[str], *, autocast: bool = False, **run: Any) -> np.ndarray:
+def embed_texts(
+    model: Model, texts: list[str], *, autocast: bool = False, **run: Any
+) -> np.ndarray:
     """L2-normalised features of arbitrary texts (class prompts, say), in order, through the
     same content-keyed text store as captions: a text embedded once is never embedded again.
     `run`: the fields of :class:`FeatureRun` (cache_dir, device, batch_size)."""

@@ -25,7 +25,7 @@ from .collect import (
     wide_ties_note,
     with_ties,
 )
-from .sections_tasks import classification, finetuning, leakage
+from .sections_tasks import classification, finetuning, leakage, localization, scenes
 from .tables import all_tables, protocol_text
 
 PROTOCOL_NOTE = (
@@ -284,8 +284,7 @@ def provenance(rep: Report, out: Output) -> Section:
     return s
 
 
-EXTRA = "extra"  # where the sections given to render(extra_sections=...) go
-SECTIONS: list[SectionFn | str] = [
+SECTIONS: list[SectionFn] = [
     retrieval,
     paper_tables,
     published,
@@ -293,20 +292,18 @@ SECTIONS: list[SectionFn | str] = [
     finetuning,
     leakage,
     classification,
-    EXTRA,
+    localization,
+    scenes,
     datasets,
     provenance,
 ]
 
 
-def build(rep: Report, out: Output, extra: list[Section] | None = None) -> list[Section]:
+def build(rep: Report, out: Output) -> list[Section]:
     """Every section in :data:`SECTIONS` order, leaving out those without products."""
     sections: list[Section] = []
     for fn in SECTIONS:
-        if fn == EXTRA:
-            sections += extra or []
-            continue
-        got = fn(rep, out)  # type: ignore[operator]
+        got = fn(rep, out)
         if got is None:
             continue
         sections += got if isinstance(got, list) else [got]
