@@ -9,7 +9,6 @@ kept so a re-extraction needs no network) and ``*.lock`` files used with ``fcntl
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -78,7 +77,7 @@ def _reusable_stamp(source: Source, dest: Path, sha: str | None = None) -> dict 
 def _archive_cache_path(dest: Path, url: str) -> Path:
     name = urllib.parse.unquote(PurePosixPath(urllib.parse.urlsplit(url).path).name)
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[-100:] or "archive"
-    tag = hashlib.sha256(url.encode()).hexdigest()[:10]
+    tag = cas.sha256_text(url)[:10]
     return dest.parent / ".downloads" / f"{tag}-{name}"
 
 
