@@ -24,20 +24,16 @@ from rsm_eval import cas
 from rsm_eval.errors import RsmEvalError
 
 from . import layout as layout_mod
-from . import recipes
+from . import recipes, spec
 from .archives import ARCHIVE_SUFFIXES, escaping_links, replace_path, safe_extract
 from .http import check_file, download
 from .lock import LockFile, flock
 from .spec import (
     Candidate,
     ChecksumMismatchError,
-    LayoutError,
-    MirrorsFailedError,
     MissingSource,
     MissingSourcesError,
     Source,
-    SourceUnreachableError,
-    UnsafeArchiveError,
     VerificationError,
 )
 
@@ -187,7 +183,7 @@ def _select(tree: Path, key: str, cand: Candidate, want: _Want) -> Path:
         names = recipes.source_names(want.recipe)
         try:
             return layout_mod.find_images(tree, names, key, hint)
-        except LayoutError:
+        except spec.LayoutError:
             # Some files missing or extra copies: the recipe names each missing one.
             found = layout_mod.fullest_folder(tree, names)
             if found is None:
@@ -207,7 +203,7 @@ def _fast_member(archive: Path, work: Path, key: str, cand: Candidate, want: _Wa
         return None  # an archive to unpack
     try:
         got = safe_extract(archive, work / "member", key=key, member=cand.member)
-    except UnsafeArchiveError:
+    except spec.UnsafeArchiveError:
         raise
     except RsmEvalError:
         return None  # not found: search the whole archive
@@ -239,14 +235,16 @@ def _extract_into(archive: Path, dest: Path, key: str, cand: Candidate, want: _W
             # The member moves out of its archive tree, so links must stay inside it.
             outside = escaping_links(got)
             if outside:
-                raise UnsafeArchiveError(
+                raise spec.UnsafeArchiveError(
                     f"{key}: member {cand.member!r} of {archive} has symlinks pointing outside "
                     f"it: {', '.join(outside[:5])}; expected self-contained"
                 )
         if want.recipe is not None:
             got = recipes.apply(want.recipe, got, work / "recipe", key)
         elif want.is_dir and not got.is_dir():
-            raise LayoutError(f"{key}: {cand.member or archive.name} is a file, expected a folder")
+            raise spec.LayoutError(
+                f"{key}: {cand.member or archive.name} is a file, expected a folder"
+            )
         _stamp_path(dest).unlink(missing_ok=True)
         replace_path(got, dest)
     finally:
@@ -442,12 +440,12 @@ def _from_urls(source, dest, lock, refresh, offline, progress, want) -> Path:
                     file=sys.stderr,
                     flush=True,
                 )
-    if all(isinstance(e, SourceUnreachableError) for _, e in errors):
+    if all(isinstance(e, spec.SourceUnreachableError) for _, e in errors):
         reason = "; ".join(str(e) for _, e in errors)
         raise MissingSourcesError([_missing(source, dest, reason)]) from errors[-1][1]
     if len(errors) == 1:
         raise errors[0][1]
-    raise MirrorsFailedError(source.key, errors)
+    raise spec.MirrorsFailedError(source.key, errors)
 
 
 def check_available(sources: list[tuple[Source, Path]]) -> None:
