@@ -183,16 +183,12 @@ def statistics(rep: Report, out: Output) -> Section | None:
             for r, row in zip(rep.records, rep.table, strict=True)
             if r.get("ci")
         ]  # fmt: skip
-        parts.append(
-            table_section(
-                "",
-                header,
-                body,
-                f"{level:.0%} bootstrap intervals ({with_ci[0].get('n_resamples')} resamples "
-                "of test images, each with its captions; seed in config). All metrics' "
-                "intervals are in retrieval.csv.",
-            )
+        note = (
+            f"{level:.0%} bootstrap intervals ({with_ci[0].get('n_resamples')} resamples "
+            "of test images, each with its captions; seed in config). All metrics' "
+            "intervals are in retrieval.csv."
         )
+        parts.append(table_section("", header, body, note))
         ceil: dict[str, Any] = {}
         for r in with_ci:
             ceil.setdefault(r["dataset"], r.get("ceilings", {}))
@@ -200,16 +196,13 @@ def statistics(rep: Report, out: Output) -> Section | None:
             [d, f"{c.get('t2i_r1', 100):.2f}", f"{c.get('i2t_r1', 100):.2f}"]
             for d, c in sorted(ceil.items())
         ]
-        parts.append(
-            table_section(
-                "",
-                ["dataset", "best reachable t2i_r1", "best reachable i2t_r1"],
-                body,
-                "Caption-duplication ceiling: the best R@1 any model can reach when identical "
-                "captions (or identical images) belong to different test images, under the "
-                "protocol's tie rule.",
-            )
+        header = ["dataset", "best reachable t2i_r1", "best reachable i2t_r1"]
+        note = (
+            "Caption-duplication ceiling: the best R@1 any model can reach when identical "
+            "captions (or identical images) belong to different test images, under the "
+            "protocol's tie rule."
         )
+        parts.append(table_section("", header, body, note))
     if rep.paired:
         header = ["dataset", "model A", "model B", "metric", "A - B", "interval", "p",
                   "larger than the noise?"]  # fmt: skip
@@ -219,15 +212,11 @@ def statistics(rep: Report, out: Output) -> Section | None:
              "yes" if p["ci"][0] > 0 or p["ci"][1] < 0 else "no"]
             for p in rep.paired
         ]  # fmt: skip
-        parts.append(
-            table_section(
-                "",
-                header,
-                body,
-                "Paired bootstrap (the same image resamples for both models): a difference "
-                "is larger than the noise when its interval excludes 0.",
-            )
+        note = (
+            "Paired bootstrap (the same image resamples for both models): a difference "
+            "is larger than the noise when its interval excludes 0."
         )
+        parts.append(table_section("", header, body, note))
         n = rep.paired[0].get("n_resamples")
         parts.append(
             out.figure(
