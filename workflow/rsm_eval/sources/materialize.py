@@ -44,6 +44,20 @@ def _stamp_path(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.source.json")
 
 
+def _stamp(
+    origin: str | None,
+    member: str | None,
+    recipe: str | None,
+    sha256: str,
+    size: int,
+    mtime_ns: int | None = None,
+) -> dict:
+    """What an extraction came from (written beside it): an archive's origin, member, recipe
+    and checksum, and for a local archive its mtime (an unchanged one needs no rehash)."""
+    stamp = {"origin": origin, "member": member, "recipe": recipe, "sha256": sha256, "size": size}
+    return stamp if mtime_ns is None else {**stamp, "mtime_ns": mtime_ns}
+
+
 def _read_stamp(dest: Path) -> dict | None:
     try:
         data = json.loads(_stamp_path(dest).read_text(encoding="utf-8"))
@@ -307,13 +321,7 @@ def _url_archive(source, cand, dest, lock, refresh, progress, want) -> Path:
             digest = _fetch(source.key, cand, archive, expect, progress)
         size = archive.stat().st_size
         _record(lock, expect, cand, digest, size)
-        stamp = {
-            "origin": cand.origin,
-            "member": cand.member,
-            "recipe": source.recipe,
-            "sha256": digest,
-            "size": size,
-        }
+        stamp = _stamp(cand.origin, cand.member, source.recipe, digest, size)
         _extract_into(archive, dest, source.key, cand, want, stamp)
     return dest
 
@@ -350,14 +358,7 @@ def _path_source(source: Source, dest: Path, lock, refresh: bool, want: _Want) -
         return dest
     digest, size = _verify(src, source.key, cand, expect, need=True)
     _record(lock, expect, cand, digest, size)
-    stamp = {
-        "origin": source.path,
-        "member": source.member,
-        "recipe": source.recipe,
-        "sha256": digest,
-        "size": size,
-        "mtime_ns": st.st_mtime_ns,
-    }
+    stamp = _stamp(source.path, source.member, source.recipe, digest, size, st.st_mtime_ns)
     _extract_into(src, dest, source.key, cand, want, stamp)
     return dest
 
