@@ -8,7 +8,6 @@ from typing import Any
 from .. import cas, models
 from .batches import _autocast, _ChunkWriter, _run_batches
 
-
 # ------------------------------------------------------------------ text context trimming
 #
 # CLIP's text tower is causal and, in open_clip's CLIP with `text_pool_type == "argmax"`,

@@ -35,7 +35,6 @@ _DCT = _dct_matrix(_PHASH_SIZE, _PHASH_LOW)
 _BIT_WEIGHTS = [1 << (63 - j) for j in range(64)]
 
 
-
 def _load_rgb(path: Path) -> np.ndarray:
     """Decoded 8-bit RGB pixels (h, w, 3) of an image file; RsmEvalError naming it if bad."""
     try:

@@ -92,6 +92,7 @@ def audit_sources(
     `tests` maps a dataset name to (hash table, evaluated split); `trains` maps a source label
     (e.g. "demo:train") to (hash table, split or None for all rows).
     """
+
     def load(path: Path) -> pa.Table:
         return schemas.read_table(path, schemas.IMAGE_HASHES)[0]
 
