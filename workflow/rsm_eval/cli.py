@@ -378,22 +378,8 @@ def _add_bootstrap_args(p: argparse.ArgumentParser) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from . import report
 
-    # Sections of the tasks whose stages write their own report parts (localization, scenes).
-    extra = []
-    if args.localization:
-        from .localize_report import localization_section
-
-        located = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.localization]
-        extra.append(localization_section(located, Path(args.out_dir)))
-    if args.scenes:
-        from .scene_report import scene_sections
-
-        extra += scene_sections(
-            [Path(p) for p in args.scenes], args.published_keys, tolerance=args.tolerance
-        )
     paths = report.render_paths(
         Path(args.out_dir),
-        extra_sections=extra,
         metrics=args.metrics,
         summaries=args.summaries,
         workflow_root=args.workflow_root,
@@ -405,6 +391,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         classification=args.classification,
         finetunes=args.finetunes,
         image_roots=args.image_roots,
+        localization=args.localization,
+        scenes=args.scenes,
     )
     print(f"report: {paths['html']}", file=sys.stderr)
 
