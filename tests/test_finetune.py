@@ -344,11 +344,6 @@ def test_failed_training_names_the_trainer_output(env, tmp_path, monkeypatch):
     assert not any(p.name.startswith(".m.pt") for p in tmp_path.iterdir())
 
 
-def test_source_is_the_former_name_of_training_manifest():
-    # cli.cmd_finetune still says finetune.Source; the alias goes once it says TrainingManifest.
-    assert finetune.Source is finetune.TrainingManifest
-
-
 def test_runner_registers_the_model_config_under_the_evaluated_name():
     with pytest.raises(RsmEvalError, match="--model must be rsm-eval-"):
         finetune.run_open_clip_train(["--model", "ViT-B-32"], str(TINY_ARCH))

@@ -325,7 +325,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     else:
         params = finetune.paper_params(base.arch, **raw)
     sources = [
-        finetune.Source(
+        finetune.TrainingManifest(
             captions=s["captions"],
             images=s["images"],
             splits=None if s.get("split") is None else (s["split"],),

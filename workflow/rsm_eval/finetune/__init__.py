@@ -44,9 +44,6 @@ from .params import PAPER_PRESETS, PRECISIONS, SCHEDULERS, FinetuneParams, paper
 from .record import STAGE, code, finetune_address, versions
 from .stage import finetune
 
-# The former name of TrainingManifest, kept while callers (cli.cmd_finetune) move over.
-Source = TrainingManifest
-
 __all__ = [
     "PAPER_PRESETS",
     "PRECISIONS",
@@ -57,7 +54,6 @@ __all__ = [
     "EvalSplit",
     "FinetuneParams",
     "Pair",
-    "Source",
     "TrainingManifest",
     "TrainingSet",
     "check_no_test_overlap",
