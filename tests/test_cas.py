@@ -151,3 +151,31 @@ def test_editing_a_module_changes_exactly_the_stages_that_import_it(tmp_path):
     assert {"embed", "classify", "leakage"} <= {
         s for s, m in STAGES.items() if "rsm_eval.featstore" in cas.import_closure(f"rsm_eval.{m}")
     }
+
+
+def test_replace_path_swaps_trees_files_and_links(tmp_path):
+    dest = tmp_path / "out"
+
+    def staged(name: str, text: str):
+        tree = tmp_path / name
+        (tree / "sub").mkdir(parents=True)
+        (tree / "sub" / "f.txt").write_text(text)
+        return tree
+
+    cas.replace_path(staged("a", "first"), dest)  # nothing there yet
+    assert (dest / "sub" / "f.txt").read_text() == "first"
+    cas.replace_path(staged("b", "second"), dest)  # a tree replaces a tree, as a whole
+    assert sorted(p.name for p in dest.rglob("*")) == ["f.txt", "sub"]
+    assert (dest / "sub" / "f.txt").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or trash left
+    link = tmp_path / "link"
+    link.symlink_to(dest)
+    cas.replace_path(staged("c", "third"), link)  # a link is replaced, not followed
+    assert not link.is_symlink() and (link / "sub" / "f.txt").read_text() == "third"
+    assert (dest / "sub" / "f.txt").read_text() == "second"
+    single = tmp_path / "one.txt"
+    single.write_text("new")
+    cas.replace_path(single, dest)  # a file replaces a tree
+    assert dest.read_text() == "new" and not single.exists()
+    cas.replace_path(staged("d", "fourth"), dest)  # and a tree replaces a file
+    assert (dest / "sub" / "f.txt").read_text() == "fourth"

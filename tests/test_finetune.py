@@ -16,6 +16,7 @@ from PIL import Image
 from rsm_eval import cas, finetune, manifests, metrics, models, schemas
 from rsm_eval.config import Dataset, Model
 from rsm_eval.errors import RsmEvalError
+from rsm_eval.finetune import launcher
 
 BASE = Model(name="tiny", arch=str(TINY_ARCH), random=0)
 PARAMS = finetune.FinetuneParams(
@@ -50,9 +51,9 @@ def env(small_benchmark, tmp_path_factory):
 def sources(env, karpathy=True, csv=True):
     out = []
     if csv:
-        out.append(finetune.Source(*env["paths"]["rsmitd"], splits=None))
+        out.append(finetune.TrainingManifest(*env["paths"]["rsmitd"], splits=None))
     if karpathy:
-        out.append(finetune.Source(*env["paths"]["demo"], splits=("train",)))
+        out.append(finetune.TrainingManifest(*env["paths"]["demo"], splits=("train",)))
     return out
 
 
@@ -189,7 +190,9 @@ def test_address_is_stable_and_follows_inputs(trained, env):
     first = addr()
     assert first == addr() == record["address"]
     # Names and paths are not content: a renamed source gives the same address.
-    renamed = [finetune.Source(s.captions, s.images, s.splits, name="x") for s in sources(env)]
+    renamed = [
+        finetune.TrainingManifest(s.captions, s.images, s.splits, name="x") for s in sources(env)
+    ]
     assert addr(renamed) == first
     others = {
         addr(lr=PARAMS.lr / 2),
@@ -277,22 +280,22 @@ def test_bad_inputs_are_errors(env, tmp_path):
     # Training on the evaluated test split itself, excluding test images: nothing is left.
     with pytest.raises(RsmEvalError, match="empty after excluding"):
         run(
-            [finetune.Source(demo_caps, demo_images, ("test",))],
+            [finetune.TrainingManifest(demo_caps, demo_images, ("test",))],
             tests=eval_splits(env),
             test_overlap="exclude",
         )
     with pytest.raises(RsmEvalError, match="image root .* does not exist"):
-        run([finetune.Source(demo_caps, str(tmp_path / "nowhere"), ("train",))])
+        run([finetune.TrainingManifest(demo_caps, str(tmp_path / "nowhere"), ("train",))])
     with pytest.raises(RsmEvalError, match="split 'restval' has no rows"):
-        run([finetune.Source(demo_caps, demo_images, ("restval",))])
+        run([finetune.TrainingManifest(demo_caps, demo_images, ("restval",))])
     with pytest.raises(RsmEvalError, match="captions manifest .* not found"):
-        run([finetune.Source(str(tmp_path / "none.parquet"), demo_images, ("train",))])
+        run([finetune.TrainingManifest(str(tmp_path / "none.parquet"), demo_images, ("train",))])
     with pytest.raises(RsmEvalError, match="fewer than batch_size"):
         big = finetune.FinetuneParams(batch_size=4096)
-        run([finetune.Source(demo_caps, demo_images, ("train",))], params=big)
+        run([finetune.TrainingManifest(demo_caps, demo_images, ("train",))], params=big)
     with pytest.raises(RsmEvalError, match="warmup"):
         long = finetune.FinetuneParams(batch_size=16, epochs=1, warmup=1000)
-        run([finetune.Source(demo_caps, demo_images, ("train",))], params=long)
+        run([finetune.TrainingManifest(demo_caps, demo_images, ("train",))], params=long)
     with pytest.raises(RsmEvalError, match="test_overlap"):
         run(sources(env), tests=eval_splits(env), test_overlap="ignore")
     assert not (tmp_path / "m.pt").exists()
@@ -308,7 +311,7 @@ def test_blank_captions_are_dropped_and_an_all_blank_set_is_empty(env, tmp_path)
     path = tmp_path / "blank.parquet"
     schemas.write_table(pa.Table.from_pylist(rows, schemas.CAPTIONS), path, schemas.CAPTIONS, meta)
     with pytest.raises(RsmEvalError, match="training set is empty"):
-        finetune.load_pairs([finetune.Source(str(path), demo_images, ("train",))])
+        finetune.load_pairs([finetune.TrainingManifest(str(path), demo_images, ("train",))])
 
 
 def test_changed_image_is_a_stale_manifest(env, tmp_path):
@@ -321,12 +324,12 @@ def test_changed_image_is_a_stale_manifest(env, tmp_path):
     victim = next(r["image_path"] for r in table.to_pylist() if r["split"] == "train")
     Image.new("RGB", (8, 8)).save(copy / victim, format="PNG")
     with pytest.raises(RsmEvalError, match="changed since the manifest"):
-        finetune.load_pairs([finetune.Source(demo_caps, str(copy), ("train",))])
+        finetune.load_pairs([finetune.TrainingManifest(demo_caps, str(copy), ("train",))])
 
 
 def test_failed_training_names_the_trainer_output(env, tmp_path, monkeypatch):
-    real = finetune._argv
-    monkeypatch.setattr(finetune, "_argv", lambda **kw: real(**kw) + ["--no-such-flag"])
+    real = launcher.open_clip_argv
+    monkeypatch.setattr(launcher, "open_clip_argv", lambda **kw: real(**kw) + ["--no-such-flag"])
     with pytest.raises(RsmEvalError, match=r"(?s)open_clip_train failed.*no-such-flag"):
         finetune.finetune(
             sources(env, karpathy=False),
@@ -344,3 +347,10 @@ def test_failed_training_names_the_trainer_output(env, tmp_path, monkeypatch):
 def test_runner_registers_the_model_config_under_the_evaluated_name():
     with pytest.raises(RsmEvalError, match="--model must be rsm-eval-"):
         finetune.run_open_clip_train(["--model", "ViT-B-32"], str(TINY_ARCH))
+
+
+def test_code_version_covers_every_module_of_the_subpackage():
+    closure = cas.import_closure("rsm_eval.finetune")
+    for module in ("pairs", "overlap", "params", "trainer", "launcher", "checkpoint", "record"):
+        assert f"rsm_eval.finetune.{module}" in closure
+    assert finetune.code() == cas.code_version("rsm_eval.finetune")

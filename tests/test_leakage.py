@@ -192,9 +192,9 @@ def test_rotated_and_unrelated_demo_images_are_not_near(planted, tmp_path):
 
 
 def test_dct_matrix_is_orthonormal():
-    m = leakage._dct_matrix(32, 32)
+    m = leakage.images._dct_matrix(32, 32)
     np.testing.assert_allclose(m @ m.T, np.eye(32), atol=1e-12)
-    np.testing.assert_array_equal(leakage._DCT, m[:8])
+    np.testing.assert_array_equal(leakage.images._DCT, m[:8])
 
 
 def test_image_hashes_threads_keep_order(planted):
@@ -235,7 +235,7 @@ def test_blocked_search_matches_naive_pairs(monkeypatch):
         if (t[2] ^ r[2]).bit_count() <= 6
     )
     for tile in (1, 7, 64, 10_000):
-        monkeypatch.setattr(leakage, "_TILE", tile)
+        monkeypatch.setattr(leakage.pairs, "_TILE", tile)
         got = sorted(
             (p["test_key"], p["train_key"], p["hamming"]) for p in find_duplicates(test, train)
         )

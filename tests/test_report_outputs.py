@@ -166,17 +166,17 @@ def test_absent_products_hide_their_sections(tmp_path):
 
 def test_a_new_section_is_one_registered_function(tmp_path, monkeypatch):
     def localization(rep, out):
-        heat = rep.products.get("localization")
+        heat = rep.products.get("heatmaps")
         if not heat:
             return None
         return report.Section("Semantic localization", f"{len(heat)} maps", "<p>maps</p>")
 
     order = list(sections.SECTIONS)
-    order.insert(order.index(sections.EXTRA), localization)
+    order.insert(order.index(sections.datasets), localization)
     monkeypatch.setattr(sections, "SECTIONS", order)
     page = report.render(report_fixture.records(), [], tmp_path, tmp_path)["html"].read_text()
     assert "Semantic localization" not in page  # its products are absent
-    page = report.render(report_fixture.records(), [], tmp_path, tmp_path, localization=["a.png"])[
+    page = report.render(report_fixture.records(), [], tmp_path, tmp_path, heatmaps=["a.png"])[
         "html"
     ].read_text()
     assert page.index("<h2>Semantic localization</h2>") < page.index("<h2>Provenance</h2>")

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -320,3 +321,26 @@ def write_text_atomic(dest: Path | str, text: str) -> None:
 
 def write_json_atomic(dest: Path | str, obj: Any) -> None:
     write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def replace_path(staged: Path | str, dest: Path | str) -> None:
+    """Move `staged` (a finished file or directory tree) onto `dest`, replacing whatever `dest`
+    was: nothing, a file, a link or a directory tree.
+
+    A directory at `dest` is first renamed aside into a fresh hidden sibling and deleted only
+    once `staged` stands in its place, so `dest` is at every moment the old tree or the new
+    one, never a mix. Both must be on one filesystem (a rename).
+    """
+    staged, dest = Path(staged), Path(dest)
+    if os.path.lexists(dest):
+        if dest.is_dir() and not dest.is_symlink():
+            trash = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+            os.replace(dest, trash / "old")
+            os.replace(staged, dest)
+            shutil.rmtree(trash, ignore_errors=True)
+            fsync_dir(dest.parent)
+            return
+        if staged.is_dir() and not staged.is_symlink():
+            dest.unlink()
+    os.replace(staged, dest)
+    fsync_dir(dest.parent)

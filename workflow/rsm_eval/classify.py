@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from rsm_eval.demo import class_of
 from rsm_eval.errors import RsmEvalError
 
 __all__ = [
@@ -53,19 +54,19 @@ UCM_CLASSES = (
 ``(n - 1) % 100`` of class ``(n - 1) // 100`` (ANCHORS, "Dataset sources")."""
 _UCM_RE = re.compile(r"^([1-9]\d{0,3})\.tif$")
 
-# <class><separator><number>: the class is letters, spaces, '_' or '-', starting with a
-# letter; the number follows the last separator. "00012" or "airport" have no class.
-_NAME_RE = re.compile(r"^([A-Za-z][A-Za-z _-]*?)[ _-]+(\d+)$")
+# <class><separator><number>: the class is letters and separators (spaces, '_' or '-'),
+# starting with a letter; the number follows the last separator. "00012" or "airport" have
+# no class.
 _SEPARATORS = re.compile(r"[ _-]+")
 _NORM_TOL = 1e-3
 
 
 def _class_of(filename: str) -> str | None:
-    """Class id of one real-style file name: lower case, separators folded to ``_``."""
-    stem = PurePosixPath(filename.replace("\\", "/")).name
-    stem = stem.rsplit(".", 1)[0] if "." in stem else stem
-    match = _NAME_RE.match(stem)
-    return _SEPARATORS.sub("_", match.group(1).strip(" _-")).lower() if match else None
+    """Class id of one real-style file name: :func:`rsm_eval.demo.class_of` on the name with
+    each run of separators in its stem (spaces, '_', '-') folded to one ``_``."""
+    name = PurePosixPath(filename.replace("\\", "/")).name
+    stem, dot, ext = name.rpartition(".") if "." in name else (name, "", "")
+    return class_of(_SEPARATORS.sub("_", stem) + dot + ext)
 
 
 def ucm_class(filename: str) -> str | None:

@@ -334,7 +334,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     else:
         params = finetune.paper_params(base.arch, **raw)
     sources = [
-        finetune.Source(
+        finetune.TrainingManifest(
             captions=s.captions,
             images=s.images,
             splits=None if s.split is None else (s.split,),
@@ -380,22 +380,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from . import report
 
-    # Sections of the tasks whose stages write their own report parts (localization, scenes).
-    extra = []
-    if args.localization:
-        from .localize_report import localization_section
-
-        located = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.localization]
-        extra.append(localization_section(located, Path(args.out_dir)))
-    if args.scenes:
-        from .scene_report import scene_sections
-
-        extra += scene_sections(
-            [Path(p) for p in args.scenes], args.published_keys, tolerance=args.tolerance
-        )
     paths = report.render_paths(
         Path(args.out_dir),
-        extra_sections=extra,
         metrics=args.metrics,
         summaries=args.summaries,
         workflow_root=args.workflow_root,
@@ -407,6 +393,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         classification=args.classification,
         finetunes=args.finetunes,
         image_roots=args.image_roots,
+        localization=args.localization,
+        scenes=args.scenes,
     )
     print(f"report: {paths['html']}", file=sys.stderr)
 

@@ -15,7 +15,6 @@ model address mean equal inputs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sys
 import tempfile
@@ -106,7 +105,7 @@ class FeatureStore:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.chmod(tmp, cas.FILE_MODE)
-            final = self.root / f"{_sha256_file(tmp)}{SUFFIX}"
+            final = self.root / f"{cas.hash_file(tmp)[0]}{SUFFIX}"
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -147,20 +146,12 @@ class FeatureStore:
         return out, []
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(cas.CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read_verified(chunk: Path) -> np.ndarray | None:
     try:
         raw = chunk.read_bytes()
     except OSError:
         return None
-    if hashlib.sha256(raw).hexdigest() != chunk.name[: -len(SUFFIX)]:
+    if cas.sha256_bytes(raw) != chunk.name[: -len(SUFFIX)]:
         return None
     try:
         table = pq.read_table(pa.BufferReader(raw))

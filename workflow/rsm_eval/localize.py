@@ -194,9 +194,6 @@ def run(
     figures_dir: Path,
     *,
     dataset: str,
-    cache_dir: Path,
-    device: str = "auto",
-    batch_size: int = 64,
     params: dict[str, Any] | None = None,
     expected: dict[str, int] | None = None,
     n_figures: int = 3,
@@ -206,8 +203,11 @@ def run(
     threads: int | None = None,
     code: str = "",
     published: str = "",
+    **run: Any,
 ) -> dict[str, Any]:
-    """Localize every query of the dataset with one model; write the record and figures."""
+    """Localize every query of the dataset with one model; write the record and figures.
+    `run`: the fields of :class:`rsm_eval.embeddings.FeatureRun` (cache_dir, device,
+    batch_size)."""
     if threads:
         import cv2
         import torch
@@ -219,7 +219,8 @@ def run(
     queries = airslt.load_queries(annotations)
     info = airslt.validate(queries, images_dir, expected, min_size=max(params["windows"]))
     spec = selo_maps.crop_spec(params["crop_size"], params["crop_jpeg_quality"])
-    emb = _Embedder(model, Path(cache_dir), device, batch_size)
+    opts = embeddings.FeatureRun(**run)
+    emb = _Embedder(model, Path(opts.cache_dir), opts.device, opts.batch_size)
     text_feats = emb.captions([q.caption for q in queries])
     t_text = time.monotonic()
 

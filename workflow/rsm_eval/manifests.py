@@ -17,6 +17,7 @@ import posixpath
 import re
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -136,6 +137,19 @@ def _check_relative(where: str, key: str) -> None:
         )
 
 
+def _csv_records(reader: Any, header: list[str], path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each non-blank CSV row after the header; RsmEvalError naming
+    the line when a row has another number of fields than the header."""
+    for lineno, rec in enumerate(reader, start=2):
+        if not rec:
+            continue
+        if len(rec) != len(header):
+            raise RsmEvalError(
+                f"{path}:{lineno}: expected {len(header)} fields ({header}), found {len(rec)}"
+            )
+        yield lineno, rec
+
+
 def _pick(
     columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path
 ) -> str:
@@ -181,13 +195,7 @@ def read_caption_csv(
     rows: list[Row] = []
     per_image: Counter[str] = Counter()
     try:
-        for lineno, rec in enumerate(reader, start=2):
-            if not rec:
-                continue
-            if len(rec) != len(header):
-                raise RsmEvalError(
-                    f"{path}:{lineno}: expected {len(header)} fields ({header}), found {len(rec)}"
-                )
+        for lineno, rec in _csv_records(reader, header, path):
             key = rec[idx_image].strip()
             if not key:
                 raise RsmEvalError(f"{path}:{lineno}: empty {image_col!r}")

@@ -125,17 +125,21 @@ def _features(x: object, name: str) -> np.ndarray:
     return out
 
 
-def _int_vector(x: object, name: str, length: int | None = None) -> np.ndarray:
-    """``x`` as a 1-D int64 array (optionally of a given length)."""
-    if not isinstance(x, np.ndarray):
-        raise RsmEvalError(f"{name}: expected a numpy array, got {type(x).__name__}")
-    if x.ndim != 1:
-        raise RsmEvalError(f"{name}: expected a 1-D array, got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.integer):
-        raise RsmEvalError(f"{name}: expected an integer array, got dtype {x.dtype}")
-    if length is not None and x.shape[0] != length:
-        raise RsmEvalError(f"{name}: expected length {length}, got {x.shape[0]}")
-    return x.astype(np.int64, copy=False)
+def int_vector(
+    x: object, name: str, length: int | None = None, *, nonempty: bool = False
+) -> np.ndarray:
+    """``x`` (any array-like) as a 1-D int64 array, optionally of a given length or non-empty;
+    RsmEvalError naming ``name`` otherwise. The one integer check of metrics and stats."""
+    arr = np.asarray(x)
+    if arr.ndim != 1:
+        raise RsmEvalError(f"{name}: expected a 1-D array, got shape {arr.shape}")
+    if nonempty and arr.size == 0:
+        raise RsmEvalError(f"{name}: expected at least one entry, got an empty array")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise RsmEvalError(f"{name}: expected integers, got dtype {arr.dtype}")
+    if length is not None and arr.shape[0] != length:
+        raise RsmEvalError(f"{name}: expected length {length}, got {arr.shape[0]}")
+    return arr.astype(np.int64, copy=False)
 
 
 def _check_range(x: np.ndarray, upper: int, name: str) -> None:
@@ -333,8 +337,8 @@ def best_positive_rank_bounds(
     g = _features(gallery, "gallery")
     _check_same_dim(q, g, "queries", "gallery")
     block_bytes = _check_block_bytes(block_bytes)
-    indptr = _int_vector(indptr, "indptr", q.shape[0] + 1)
-    indices = _int_vector(indices, "indices")
+    indptr = int_vector(indptr, "indptr", q.shape[0] + 1)
+    indices = int_vector(indices, "indices")
     if indptr[0] != 0 or indptr[-1] != indices.shape[0]:
         raise RsmEvalError(
             f"indptr: expected to start at 0 and end at len(indices)={indices.shape[0]}, "
@@ -372,7 +376,7 @@ def best_positive_ranks(
 
 def recall_at_k(ranks: np.ndarray, k: int) -> float:
     """Percent of queries whose (0-based) rank is below ``k``."""
-    ranks = _int_vector(ranks, "ranks")
+    ranks = int_vector(ranks, "ranks")
     if ranks.shape[0] == 0:
         raise RsmEvalError("ranks: expected at least one query, got an empty array")
     if ranks.min() < 0:
@@ -440,7 +444,7 @@ def remoteclip_retrieval(
     txt = _features(text_features, "text_features")
     _check_same_dim(img, txt, "image_features", "text_features")
     block_bytes = _check_block_bytes(block_bytes)
-    text_image = _int_vector(text_image, "text_image", txt.shape[0])
+    text_image = int_vector(text_image, "text_image", txt.shape[0])
     _check_range(text_image, img.shape[0], "text_image")
     n_img, n_txt = img.shape[0], txt.shape[0]
     counts = np.bincount(text_image, minlength=n_img)
@@ -474,8 +478,8 @@ def skyscript_retrieval(
     txt = _features(text_features, "text_features")
     _check_same_dim(img, txt, "image_features", "text_features")
     block_bytes = _check_block_bytes(block_bytes)
-    pairs_text = _int_vector(pairs_text, "pairs_text")
-    pairs_image = _int_vector(pairs_image, "pairs_image", pairs_text.shape[0])
+    pairs_text = int_vector(pairs_text, "pairs_text")
+    pairs_image = int_vector(pairs_image, "pairs_image", pairs_text.shape[0])
     if pairs_text.shape[0] == 0:
         raise RsmEvalError("pairs_text/pairs_image: expected at least one (caption, image) pair")
     n_img, n_txt = img.shape[0], txt.shape[0]

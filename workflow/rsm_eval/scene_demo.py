@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import demo
-from .cas import write_json_atomic
+from .cas import replace_path, write_json_atomic
 from .errors import RsmEvalError
 
 FOLDERS = {
@@ -57,12 +57,11 @@ def generate_scenes(
         counts[folder] += 1
     rng = np.random.default_rng([seed, 7])
     for cls, folder in FOLDERS.items():
-        kind = demo._SCENES[cls]
+        kind = demo.SCENES[cls]
         for i in range(extra_per_class):
             pixels = kind.draw(kind.attrs(rng), rng)
-            (tmp / folder / f"extra_{i:02d}.jpg").write_bytes(demo._encode(pixels, ".jpg"))
+            (tmp / folder / f"extra_{i:02d}.jpg").write_bytes(demo.encode(pixels, ".jpg"))
             counts[folder] += 1
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    replace_path(tmp, out)
     write_json_atomic(out.with_name(out.name + ".json"), {"per_class": counts})
     return counts

@@ -134,19 +134,15 @@ TOP_METRICS = ("top1", "top5", "mean_per_class")
 
 
 def scene_features(
-    model: Model,
-    manifest: Path,
-    images_root: Path,
-    out: Path,
-    *,
-    cache_dir: Path,
-    device: str = "auto",
-    batch_size: int = 64,
-    workers: int = 0,
+    model: Model, manifest: Path, images_root: Path, out: Path, **run: Any
 ) -> dict[str, Any]:
-    """Feature table (key = image sha256) of every image of a scene manifest."""
+    """Feature table (key = image sha256) of every image of a scene manifest; `run`: the
+    fields of :class:`rsm_eval.embeddings.FeatureRun` (cache_dir, device, batch_size,
+    workers)."""
     from . import embeddings, models
     from .featstore import FeatureStore
+
+    cache_dir = embeddings.FeatureRun(**run).cache_dir
 
     t0 = time.monotonic()
     rows, manifest_meta = scenes.read(manifest)
@@ -160,14 +156,7 @@ def scene_features(
         file=sys.stderr,
         flush=True,
     )
-    feats = embeddings.embed_image_files(
-        model,
-        [path_of[k] for k in keys],
-        cache_dir=cache_dir,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-    )
+    feats = embeddings.embed_image_files(model, [path_of[k] for k in keys], **run)
     seconds = time.monotonic() - t0
     record = {
         "stage": "scene_features",
@@ -227,15 +216,14 @@ def zero_shot(
     features: Path,
     template_set: str,
     *,
-    cache_dir: Path,
-    device: str = "auto",
-    batch_size: int = 64,
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
     code: str = "",
+    **run: Any,
 ) -> dict[str, Any]:
-    """Zero-shot record of one model on one scene dataset's evaluated split."""
+    """Zero-shot record of one model on one scene dataset's evaluated split; `run`: how the
+    prompts are embedded (the fields of :class:`rsm_eval.embeddings.FeatureRun`)."""
     from .embeddings import embed_texts
 
     rows, img, class_ids, y, feat_meta = load_split(manifest, features, dataset.split)
@@ -243,9 +231,7 @@ def zero_shot(
     templates = list(tset["templates"])
     names = scenes.prompt_names(class_ids, tset.get("classnames", "words"), dataset.classnames)
     texts = [t.replace("{}", name) for name in names for t in templates]
-    prompt_feats = embed_texts(
-        model, texts, cache_dir=cache_dir, device=device, batch_size=batch_size
-    )
+    prompt_feats = embed_texts(model, texts, **run)
     weights = classify.classifier(prompt_feats, len(class_ids))
     scores = classify.class_scores(img, weights)
     metrics = classification_metrics(

@@ -33,7 +33,14 @@ import yaml
 from . import cas, schemas
 from .config import Dataset
 from .errors import RsmEvalError
-from .manifests import IMAGE_COLUMNS, _check_relative, _inspect_image, _pick, _read_text
+from .manifests import (
+    IMAGE_COLUMNS,
+    _check_relative,
+    _csv_records,
+    _inspect_image,
+    _pick,
+    _read_text,
+)
 
 FORMATS = ("class-folders", "label-csv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
@@ -181,13 +188,7 @@ def read_label_csv(dataset: Dataset) -> list[tuple[str, str, str]]:
             raise RsmEvalError(f"{path}: configured split column {split_col!r} not in {header}")
         rows: list[tuple[str, str, str]] = []
         seen: dict[str, int] = {}
-        for lineno, rec in enumerate(reader, start=2):
-            if not rec:
-                continue
-            if len(rec) != len(header):
-                raise RsmEvalError(
-                    f"{path}:{lineno}: expected {len(header)} fields ({header}), found {len(rec)}"
-                )
+        for lineno, rec in _csv_records(reader, header, path):
             key = rec[header.index(image_col)].strip()
             label = rec[header.index(class_col)].strip()
             split = rec[header.index(split_col)].strip() if split_col else dataset.split

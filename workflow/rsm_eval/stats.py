@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from rsm_eval.errors import RsmEvalError
-from rsm_eval.metrics import KS, METRIC_COLUMNS, RetrievalResult, metrics_from_ranks
+from rsm_eval.metrics import KS, METRIC_COLUMNS, RetrievalResult, int_vector, metrics_from_ranks
 
 __all__ = [
     "bootstrap_ci",
@@ -51,22 +51,8 @@ Ranks = tuple[np.ndarray, np.ndarray]
 # ---------------------------------------------------------------------------- validation
 
 
-def _int_array(x: object, name: str, length: int | None = None) -> np.ndarray:
-    """``x`` as a 1-D int64 array (optionally of a given length); array-likes accepted."""
-    arr = np.asarray(x)
-    if arr.ndim != 1:
-        raise RsmEvalError(f"{name}: expected a 1-D array, got shape {arr.shape}")
-    if arr.size == 0:
-        raise RsmEvalError(f"{name}: expected at least one entry, got an empty array")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise RsmEvalError(f"{name}: expected integers, got dtype {arr.dtype}")
-    if length is not None and arr.shape[0] != length:
-        raise RsmEvalError(f"{name}: expected length {length}, got {arr.shape[0]}")
-    return arr.astype(np.int64, copy=False)
-
-
 def _ranks(x: object, name: str) -> np.ndarray:
-    arr = _int_array(x, name)
+    arr = int_vector(x, name, nonempty=True)
     bad = np.flatnonzero(arr < 0)
     if bad.size:
         i = int(bad[0])
@@ -75,7 +61,7 @@ def _ranks(x: object, name: str) -> np.ndarray:
 
 
 def _text_image(text_image: object, n_images: int, n_captions: int) -> np.ndarray:
-    ti = _int_array(text_image, "text_image", n_captions)
+    ti = int_vector(text_image, "text_image", n_captions, nonempty=True)
     bad = np.flatnonzero((ti < 0) | (ti >= n_images))
     if bad.size:
         i = int(bad[0])
@@ -364,7 +350,7 @@ def retrieval_ceilings(
     for t, c in enumerate(caps):
         if not isinstance(c, str):
             raise RsmEvalError(f"captions: caption {t} is {type(c).__name__}, expected str")
-    ti = _int_array(text_image, "text_image", len(caps))
+    ti = int_vector(text_image, "text_image", len(caps), nonempty=True)
     n_img = int(ti.max()) + 1 if image_content is None else len(image_content)
     ti = _text_image(ti, n_img, len(caps))
     content = list(range(n_img)) if image_content is None else list(image_content)

@@ -322,6 +322,8 @@ class Report:
     classification: list[dict[str, Any]] = field(default_factory=list)
     finetunes: list[dict[str, Any]] = field(default_factory=list)
     image_roots: dict[str, str] = field(default_factory=dict)
+    localization: list[dict[str, Any]] = field(default_factory=list)  # localize records
+    scenes: list[Path | str] = field(default_factory=list)  # scene stages' JSON files
     # Other products by name (paths or loaded records), for sections added later.
     products: dict[str, Any] = field(default_factory=dict)
 
@@ -397,6 +399,8 @@ def from_paths(
     classification: list[Path | str] | None = None,
     finetunes: list[Path | str] | None = None,
     image_roots: dict[str, str] | None = None,
+    localization: list[Path | str] | None = None,
+    scenes: list[Path | str] | None = None,
     published_keys: dict[str, Any] | None = None,
     tolerance: float = 1.0,
     **products: Any,
@@ -414,5 +418,7 @@ def from_paths(
         classification=_json_list(classification, "classification record"),
         finetunes=_json_list(finetunes, "finetune record"),
         image_roots=image_roots or {},
+        localization=_json_list(localization, "localization record"),
+        scenes=list(scenes or []),
         **products,
     )

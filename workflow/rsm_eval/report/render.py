@@ -97,11 +97,11 @@ def markdown(sections: list[Section]) -> str:
     return "\n".join(parts)
 
 
-def write(rep: Report, out_dir: Path, extra_sections: list[Section] | None = None) -> dict:
+def write(rep: Report, out_dir: Path) -> dict:
     """Every output of the report stage from the collected model."""
     out_dir = Path(out_dir)
     out = Output(out_dir)
-    sections = build(rep, out, extra_sections)
+    sections = build(rep, out)
     out.prune()
     paths = {
         "csv": out_dir / "retrieval.csv",
@@ -130,7 +130,6 @@ def render(
     workflow_root: Path,
     published_keys: dict[str, Any] | None = None,
     tolerance: float = 1.0,
-    extra_sections: list[Section] | None = None,
     paired: list[dict[str, Any]] | None = None,
     **products: Any,
 ) -> dict[str, Path]:
@@ -144,9 +143,9 @@ def render(
         paired=paired or [],
         **products,
     )
-    return write(rep, out_dir, extra_sections)
+    return write(rep, out_dir)
 
 
-def render_paths(out_dir: Path, extra_sections: list[Section] | None = None, **paths: Any):
+def render_paths(out_dir: Path, **paths: Any):
     """The report from the products' files (the report stage's command line)."""
-    return write(from_paths(**paths), out_dir, extra_sections)
+    return write(from_paths(**paths), out_dir)

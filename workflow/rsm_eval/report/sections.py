@@ -25,7 +25,7 @@ from .collect import (
     wide_ties_note,
     with_ties,
 )
-from .sections_tasks import classification, finetuning, leakage
+from .sections_tasks import classification, finetuning, leakage, localization, scenes
 from .tables import all_tables, protocol_text
 
 PROTOCOL_NOTE = (
@@ -183,16 +183,12 @@ def statistics(rep: Report, out: Output) -> Section | None:
             for r, row in zip(rep.records, rep.table, strict=True)
             if r.get("ci")
         ]  # fmt: skip
-        parts.append(
-            table_section(
-                "",
-                header,
-                body,
-                f"{level:.0%} bootstrap intervals ({with_ci[0].get('n_resamples')} resamples "
-                "of test images, each with its captions; seed in config). All metrics' "
-                "intervals are in retrieval.csv.",
-            )
+        note = (
+            f"{level:.0%} bootstrap intervals ({with_ci[0].get('n_resamples')} resamples "
+            "of test images, each with its captions; seed in config). All metrics' "
+            "intervals are in retrieval.csv."
         )
+        parts.append(table_section("", header, body, note))
         ceil: dict[str, Any] = {}
         for r in with_ci:
             ceil.setdefault(r["dataset"], r.get("ceilings", {}))
@@ -200,16 +196,13 @@ def statistics(rep: Report, out: Output) -> Section | None:
             [d, f"{c.get('t2i_r1', 100):.2f}", f"{c.get('i2t_r1', 100):.2f}"]
             for d, c in sorted(ceil.items())
         ]
-        parts.append(
-            table_section(
-                "",
-                ["dataset", "best reachable t2i_r1", "best reachable i2t_r1"],
-                body,
-                "Caption-duplication ceiling: the best R@1 any model can reach when identical "
-                "captions (or identical images) belong to different test images, under the "
-                "protocol's tie rule.",
-            )
+        header = ["dataset", "best reachable t2i_r1", "best reachable i2t_r1"]
+        note = (
+            "Caption-duplication ceiling: the best R@1 any model can reach when identical "
+            "captions (or identical images) belong to different test images, under the "
+            "protocol's tie rule."
         )
+        parts.append(table_section("", header, body, note))
     if rep.paired:
         header = ["dataset", "model A", "model B", "metric", "A - B", "interval", "p",
                   "larger than the noise?"]  # fmt: skip
@@ -219,15 +212,11 @@ def statistics(rep: Report, out: Output) -> Section | None:
              "yes" if p["ci"][0] > 0 or p["ci"][1] < 0 else "no"]
             for p in rep.paired
         ]  # fmt: skip
-        parts.append(
-            table_section(
-                "",
-                header,
-                body,
-                "Paired bootstrap (the same image resamples for both models): a difference "
-                "is larger than the noise when its interval excludes 0.",
-            )
+        note = (
+            "Paired bootstrap (the same image resamples for both models): a difference "
+            "is larger than the noise when its interval excludes 0."
         )
+        parts.append(table_section("", header, body, note))
         n = rep.paired[0].get("n_resamples")
         parts.append(
             out.figure(
@@ -284,8 +273,7 @@ def provenance(rep: Report, out: Output) -> Section:
     return s
 
 
-EXTRA = "extra"  # where the sections given to render(extra_sections=...) go
-SECTIONS: list[SectionFn | str] = [
+SECTIONS: list[SectionFn] = [
     retrieval,
     paper_tables,
     published,
@@ -293,20 +281,18 @@ SECTIONS: list[SectionFn | str] = [
     finetuning,
     leakage,
     classification,
-    EXTRA,
+    localization,
+    scenes,
     datasets,
     provenance,
 ]
 
 
-def build(rep: Report, out: Output, extra: list[Section] | None = None) -> list[Section]:
+def build(rep: Report, out: Output) -> list[Section]:
     """Every section in :data:`SECTIONS` order, leaving out those without products."""
     sections: list[Section] = []
     for fn in SECTIONS:
-        if fn == EXTRA:
-            sections += extra or []
-            continue
-        got = fn(rep, out)  # type: ignore[operator]
+        got = fn(rep, out)
         if got is None:
             continue
         sections += got if isinstance(got, list) else [got]

@@ -248,3 +248,25 @@ def classification(rep: Report, out: Output) -> Section | None:
     applicable = [r for r in records if r.get("applicable")]
     parts = [table_section("", header, body, note), *_class_figures(rep, out, applicable)]
     return join("Zero-shot classification", parts)
+
+
+# The localization and scene stages format their own sections (localize_report,
+# scene_report); imported here, when shown, since those modules build on this package.
+
+
+def localization(rep: Report, out: Output) -> Section | None:
+    if not rep.localization:
+        return None
+    from ..localize_report import localization_section
+
+    return localization_section(rep.localization, out.out_dir)
+
+
+def scenes(rep: Report, out: Output) -> list[Section] | None:
+    if not rep.scenes:
+        return None
+    from ..scene_report import scene_sections
+
+    return scene_sections(
+        [Path(p) for p in rep.scenes], rep.published_keys, tolerance=rep.tolerance
+    )

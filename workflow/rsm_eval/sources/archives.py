@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NoReturn
 
+from rsm_eval.cas import replace_path
 from rsm_eval.errors import RsmEvalError
 
 from .spec import UnsafeArchiveError, norm_member
@@ -300,20 +301,6 @@ class _Extractor:
             f"{self.key}: member {self.member!r} not found in archive {self.archive} "
             f"({self.count or len(self.names)} entries); it contains e.g.: {found}"
         )
-
-
-def replace_path(src: Path, dest: Path) -> None:
-    """Move src to dest, replacing whatever dest was (file, link or directory tree)."""
-    if os.path.lexists(dest):
-        if dest.is_dir() and not dest.is_symlink():
-            trash = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
-            os.replace(dest, trash / "old")
-            os.replace(src, dest)
-            shutil.rmtree(trash, ignore_errors=True)
-            return
-        if src.is_dir() and not src.is_symlink():
-            dest.unlink()
-    os.replace(src, dest)
 
 
 def safe_extract(

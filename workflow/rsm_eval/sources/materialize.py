@@ -9,7 +9,6 @@ kept so a re-extraction needs no network) and ``*.lock`` files used with ``fcntl
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -25,20 +24,16 @@ from rsm_eval import cas
 from rsm_eval.errors import RsmEvalError
 
 from . import layout as layout_mod
-from . import recipes
+from . import recipes, spec
 from .archives import ARCHIVE_SUFFIXES, escaping_links, replace_path, safe_extract
 from .http import check_file, download
 from .lock import LockFile, flock
 from .spec import (
     Candidate,
     ChecksumMismatchError,
-    LayoutError,
-    MirrorsFailedError,
     MissingSource,
     MissingSourcesError,
     Source,
-    SourceUnreachableError,
-    UnsafeArchiveError,
     VerificationError,
 )
 
@@ -47,6 +42,20 @@ Progress = Callable[[int, "int | None"], None]
 
 def _stamp_path(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.source.json")
+
+
+def _stamp(
+    origin: str | None,
+    member: str | None,
+    recipe: str | None,
+    sha256: str,
+    size: int,
+    mtime_ns: int | None = None,
+) -> dict:
+    """What an extraction came from (written beside it): an archive's origin, member, recipe
+    and checksum, and for a local archive its mtime (an unchanged one needs no rehash)."""
+    stamp = {"origin": origin, "member": member, "recipe": recipe, "sha256": sha256, "size": size}
+    return stamp if mtime_ns is None else {**stamp, "mtime_ns": mtime_ns}
 
 
 def _read_stamp(dest: Path) -> dict | None:
@@ -78,7 +87,7 @@ def _reusable_stamp(source: Source, dest: Path, sha: str | None = None) -> dict 
 def _archive_cache_path(dest: Path, url: str) -> Path:
     name = urllib.parse.unquote(PurePosixPath(urllib.parse.urlsplit(url).path).name)
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[-100:] or "archive"
-    tag = hashlib.sha256(url.encode()).hexdigest()[:10]
+    tag = cas.sha256_text(url)[:10]
     return dest.parent / ".downloads" / f"{tag}-{name}"
 
 
@@ -188,7 +197,7 @@ def _select(tree: Path, key: str, cand: Candidate, want: _Want) -> Path:
         names = recipes.source_names(want.recipe)
         try:
             return layout_mod.find_images(tree, names, key, hint)
-        except LayoutError:
+        except spec.LayoutError:
             # Some files missing or extra copies: the recipe names each missing one.
             found = layout_mod.fullest_folder(tree, names)
             if found is None:
@@ -208,7 +217,7 @@ def _fast_member(archive: Path, work: Path, key: str, cand: Candidate, want: _Wa
         return None  # an archive to unpack
     try:
         got = safe_extract(archive, work / "member", key=key, member=cand.member)
-    except UnsafeArchiveError:
+    except spec.UnsafeArchiveError:
         raise
     except RsmEvalError:
         return None  # not found: search the whole archive
@@ -240,14 +249,16 @@ def _extract_into(archive: Path, dest: Path, key: str, cand: Candidate, want: _W
             # The member moves out of its archive tree, so links must stay inside it.
             outside = escaping_links(got)
             if outside:
-                raise UnsafeArchiveError(
+                raise spec.UnsafeArchiveError(
                     f"{key}: member {cand.member!r} of {archive} has symlinks pointing outside "
                     f"it: {', '.join(outside[:5])}; expected self-contained"
                 )
         if want.recipe is not None:
             got = recipes.apply(want.recipe, got, work / "recipe", key)
         elif want.is_dir and not got.is_dir():
-            raise LayoutError(f"{key}: {cand.member or archive.name} is a file, expected a folder")
+            raise spec.LayoutError(
+                f"{key}: {cand.member or archive.name} is a file, expected a folder"
+            )
         _stamp_path(dest).unlink(missing_ok=True)
         replace_path(got, dest)
     finally:
@@ -310,13 +321,7 @@ def _url_archive(source, cand, dest, lock, refresh, progress, want) -> Path:
             digest = _fetch(source.key, cand, archive, expect, progress)
         size = archive.stat().st_size
         _record(lock, expect, cand, digest, size)
-        stamp = {
-            "origin": cand.origin,
-            "member": cand.member,
-            "recipe": source.recipe,
-            "sha256": digest,
-            "size": size,
-        }
+        stamp = _stamp(cand.origin, cand.member, source.recipe, digest, size)
         _extract_into(archive, dest, source.key, cand, want, stamp)
     return dest
 
@@ -353,14 +358,7 @@ def _path_source(source: Source, dest: Path, lock, refresh: bool, want: _Want) -
         return dest
     digest, size = _verify(src, source.key, cand, expect, need=True)
     _record(lock, expect, cand, digest, size)
-    stamp = {
-        "origin": source.path,
-        "member": source.member,
-        "recipe": source.recipe,
-        "sha256": digest,
-        "size": size,
-        "mtime_ns": st.st_mtime_ns,
-    }
+    stamp = _stamp(source.path, source.member, source.recipe, digest, size, st.st_mtime_ns)
     _extract_into(src, dest, source.key, cand, want, stamp)
     return dest
 
@@ -443,12 +441,12 @@ def _from_urls(source, dest, lock, refresh, offline, progress, want) -> Path:
                     file=sys.stderr,
                     flush=True,
                 )
-    if all(isinstance(e, SourceUnreachableError) for _, e in errors):
+    if all(isinstance(e, spec.SourceUnreachableError) for _, e in errors):
         reason = "; ".join(str(e) for _, e in errors)
         raise MissingSourcesError([_missing(source, dest, reason)]) from errors[-1][1]
     if len(errors) == 1:
         raise errors[0][1]
-    raise MirrorsFailedError(source.key, errors)
+    raise spec.MirrorsFailedError(source.key, errors)
 
 
 def check_available(sources: list[tuple[Source, Path]]) -> None:

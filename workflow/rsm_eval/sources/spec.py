@@ -9,6 +9,7 @@ member?}`` (another file that holds the same data: its own checksums, or a lock 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import urllib.parse
 from collections.abc import Mapping
@@ -141,15 +142,21 @@ def _check_url(key: str, url: object) -> str:
     return url  # type: ignore[return-value]
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One place to get a source from: a URL (or path) with the checksums that apply to it."""
+@dataclass(frozen=True, kw_only=True)
+class _Checked:
+    """What a source's bytes are checked against, and the archive member it names."""
 
-    origin: str
     sha256: str | None = None
     size: int | None = None
     md5: str | None = None
     member: str | None = None
+
+
+@dataclass(frozen=True)
+class Candidate(_Checked):
+    """One place to get a source from: a URL (or path) with the checksums that apply to it."""
+
+    origin: str
     lock_key: str = ""  # the lock-file entry of a URL whose publisher gives no checksum
 
 
@@ -182,16 +189,12 @@ def _mirror(key: str, i: int, entry: object) -> Candidate:
 
 
 @dataclass(frozen=True)
-class Source:
+class Source(_Checked):
     """One input of the workflow, as configured under ``key``."""
 
     key: str
     url: str | None = None
     path: str | None = None
-    sha256: str | None = None
-    size: int | None = None
-    md5: str | None = None
-    member: str | None = None
     recipe: str | None = None
     instructions: str | None = None
     mirrors: tuple = ()
@@ -250,10 +253,10 @@ class Source:
                 # The same file elsewhere: the entry's checksums (or its lock entry) apply.
                 same = first.sha256 is not None or first.md5 is not None
                 lock_key = self.key if same else f"{self.key} (mirror {url})"
-                out.append(Candidate(url, self.sha256, self.size, self.md5, self.member, lock_key))
+                out.append(dataclasses.replace(first, origin=url, lock_key=lock_key))
             else:
                 c = _mirror(self.key, i, mirror)
-                out.append(c if c.member else Candidate(**{**c.__dict__, "member": self.member}))
+                out.append(c if c.member else dataclasses.replace(c, member=self.member))
         return out
 
     @property
