@@ -49,6 +49,9 @@ class JsonSpec:
         if missing:
             raise RsmEvalError(f"{where}: missing key(s) {', '.join(missing)}")
         values = dict(data)
+        for name, f in fields.items():  # JSON has no tuples: read a tuple field back as one
+            if isinstance(values.get(name), list) and str(f.type).startswith("tuple"):
+                values[name] = tuple(values[name])
         for name, kind in cls._nested.items():
             value = values.get(name)
             if value is None:

@@ -225,7 +225,12 @@ class Localization:
     demo: LocalizationDemo | None = None
 
     def params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in LOCALIZATION_PARAMS}
+        """The map parameters as JSON values (tuples as lists: what a spec reads back)."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k in LOCALIZATION_PARAMS
+            for v in [getattr(self, k)]
+        }
 
 
 @dataclass(frozen=True)
