@@ -103,6 +103,10 @@ def test_import_closure_follows_lazy_and_indirect_imports():
     # The CLI's module-level imports count, not the stages it dispatches to.
     assert "rsm_eval.cli" in leakage
     assert "rsm_eval.finetune" not in cas.import_closure("rsm_eval.manifests")
+    # The front end is a subpackage: its modules' source counts, their lazy imports do not.
+    manifests = cas.import_closure("rsm_eval.manifests")
+    assert {"rsm_eval.cli.retrieval", "rsm_eval.cli.args"} <= set(manifests)
+    assert not {"rsm_eval.retrieve", "rsm_eval.embeddings", "rsm_eval.gpus"} & set(manifests)
     with pytest.raises(RsmEvalError, match="rsm_eval.nope"):
         cas.import_closure("rsm_eval.nope")
 

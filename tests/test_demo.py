@@ -366,3 +366,31 @@ def test_rejects_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> No
     with pytest.raises(RsmEvalError, match=message):
         generate_benchmark(tmp_path / "x", **kwargs)
     assert not (tmp_path / "x").exists()
+
+
+GOLDEN = Path(__file__).parent / "data" / "demo-files.sha256"
+
+
+def test_bundled_demo_bytes_are_pinned(tmp_path: Path) -> None:
+    """The demo's three generators at the workflow's settings give exactly the recorded files.
+
+    Refactoring the generators must not change a byte of the demo (its report is compared
+    across versions). After a deliberate change, regenerate the list: `cd <out> && find . -type
+    f | sort | xargs sha256sum`, without the leading `./`.
+    """
+    from rsm_eval.demo_scene import generate as generate_slt_scene
+    from rsm_eval.scene_demo import generate_scenes
+
+    data = tmp_path / "data"
+    generate_benchmark(data, seed=0, n_train=300, n_val=50, n_test=100, n_csv_images=300)
+    generate_scenes(data / "scenes", data / "dataset_demo.json", data / "images", seed=0)
+    generate_slt_scene(tmp_path / "slt", seed=0, width=1536, height=1024)
+    got = {
+        p.relative_to(tmp_path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(tmp_path.rglob("*"))
+        if p.is_file()
+    }
+    want = dict(reversed(line.split("  ", 1)) for line in GOLDEN.read_text().splitlines() if line)
+    assert sorted(got) == sorted(want), "the demo's file list changed"
+    changed = sorted(k for k in want if got[k] != want[k])
+    assert not changed, f"{len(changed)} demo files changed, e.g. {changed[:5]}"

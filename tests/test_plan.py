@@ -106,3 +106,11 @@ def test_stage_code_versions_are_derived_for_every_stage():
     versions = plan.code_versions()
     assert set(versions) == set(plan.STAGE_MODULES)
     assert all(len(v) == 16 for v in versions.values())
+
+
+def test_model_threads_split_cores_between_gpus():
+    assert plan.model_threads(None, 8, None) == 8
+    assert plan.model_threads(None, 8, 4) == 2
+    assert plan.model_threads(None, 2, 4) == 1  # never zero
+    assert plan.model_threads(None, None, None) == 1  # cluster without --cores
+    assert plan.model_threads(3, 8, 4) == 3  # embed.threads wins

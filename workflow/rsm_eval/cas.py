@@ -169,8 +169,8 @@ def file_sha256(path: Path | str) -> str:
 
 PACKAGE = __name__.rpartition(".")[0]  # "rsm_eval"
 PACKAGE_DIR = Path(__file__).resolve().parent
-# The command-line front end imports every stage lazily inside its handlers; a stage's code is
-# the front end's module-level imports plus the stage module's whole closure.
+# The command-line front end (a subpackage) imports every stage lazily inside its handlers; a
+# stage's code is the front end's module-level imports plus the stage module's whole closure.
 ENTRY = f"{PACKAGE}.cli"
 
 
@@ -240,13 +240,12 @@ def import_closure(*modules: str, entry: str | None = ENTRY) -> list[str]:
     """The given modules and every module of this package they import, directly or not.
 
     Imports anywhere in a module count (the stages import torch-heavy modules lazily, inside
-    functions). Of `entry`, only the module-level imports count: it dispatches to every stage.
-    Parent packages count too, since importing `a.b` runs `a/__init__.py`.
+    functions). Of `entry` and the modules inside it (the front end, which dispatches to every
+    stage), only the module-level imports count. Parent packages count too, since importing
+    `a.b` runs `a/__init__.py`.
     """
     seen: set[str] = set()
-    todo = list(modules)
-    if entry is not None:
-        todo += [entry, *_imports(entry, top_level_only=True)]
+    todo = list(modules) + ([entry] if entry is not None else [])
     while todo:
         name = todo.pop()
         if name in seen:
@@ -256,8 +255,8 @@ def import_closure(*modules: str, entry: str | None = ENTRY) -> list[str]:
         seen.add(name)
         parts = name.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]
-        if name != entry:
-            todo += sorted(_imports(name) - seen)
+        front_end = entry is not None and (name == entry or name.startswith(entry + "."))
+        todo += sorted(_imports(name, top_level_only=front_end) - seen)
     return sorted(seen)
 
 

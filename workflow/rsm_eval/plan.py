@@ -23,7 +23,8 @@ from .protocols import PROTOCOLS, parse_variant
 from .specs import FinetuneSpec, HashTable, LeakageSpec, LocalizationSpec, TestSet, TrainingSet
 
 # Stage -> its module: the stage's code version is derived from that module's import closure
-# (cas.code_version). A new stage adds one line here.
+# (cas.code_version). A new stage adds one line here. The report's sections (localize_report,
+# scene_report) are in the report's closure.
 STAGE_MODULES = {
     "manifest": "manifests",
     "embed": "embeddings",
@@ -34,11 +35,9 @@ STAGE_MODULES = {
     "finetune": "finetune",
     "classify": "classify",
     "localize": "localize",
-    "localize_report": "localize_report",
     "scene_manifest": "scenes",
     "scene_eval": "scene_eval",
     "probe": "probe",
-    "scene_report": "scene_report",
 }
 # Wildcard values: configured names, protocol variants (protocols.parse_variant), shards.
 NAME = "[A-Za-z0-9][A-Za-z0-9_.-]*"
@@ -50,6 +49,20 @@ def code_versions() -> dict[str, str]:
     """Version of the code behind each stage: a rule reruns when its stage's code, or any
     module of the package that code uses, changes."""
     return {stage: cas.code_version(f"rsm_eval.{m}") for stage, m in STAGE_MODULES.items()}
+
+
+def model_threads(configured: int | None, cores: int | None, n_gpus: int | None) -> int:
+    """CPUs of a job that runs a model (embed, classify, leakage confirmation, fine-tuning).
+
+    embed.threads when configured, else all of --cores split between the GPUs of
+    --resources gpu=N (1 when --cores is unknown: a cluster profile's set-threads sizes the
+    job). Snakemake caps it to --cores and exports it as OMP_NUM_THREADS; under SLURM the
+    profile's cpus_per_gpu sizes the allocation, and the stage uses what SLURM gives
+    (gpus.plan_cpu).
+    """
+    if configured:
+        return configured
+    return max(1, (cores or 1) // (n_gpus or 1))
 
 
 def is_product(path: str) -> bool:

@@ -68,20 +68,15 @@ onstart:
 
 
 def input_path(path):
-    """Input for a file or directory the workflow reads.
-
-    A user's file is addressed by its content (plan.source_address, passed as a parameter),
-    not its mtime: ancient() keeps a touch from rerunning anything. Products (fetched
-    sources, the demo) are tracked by Snakemake as usual.
-    """
+    """Input for a file or directory the workflow reads. A user's file is addressed by its
+    content (plan.source_address, a parameter), so ancient() keeps a touch from rerunning
+    anything; products (fetched sources, the demo) are tracked by Snakemake as usual."""
     if isinstance(path, list):
         return [p for p in map(input_path, path) if p]
     if plan.is_product(path):
         return path
     if "{" in path or "}" in path:
-        # Snakemake would read braces as wildcards; the file is still tracked by its
-        # content address (params) and checked to exist above.
-        return []
+        return []  # braces read as wildcards; still tracked by its content address
     return ancient(path)
 
 
@@ -110,21 +105,14 @@ def embed_args(wildcards):
     return PLAN.embed_args(wildcards.model, wildcards.dataset, wildcards.variant)
 
 
-# CPUs of a job that runs a model (embed, classify, leakage confirmation, fine-tuning):
-# embed.threads, else all of --cores (split between the GPUs of --resources gpu=N). Snakemake
-# caps it to --cores and exports it as OMP_NUM_THREADS; under SLURM the profile's set-threads
-# and cpus_per_gpu size the allocation, and the stage uses what SLURM gives (gpus.plan_cpu).
-def model_threads():
-    if CFG.embed.threads:
-        return CFG.embed.threads
+def workflow_cores():
     try:
-        cores = workflow.cores
+        return workflow.cores
     except WorkflowError:
-        # A cluster run without --cores: the profile's set-threads sizes each job.
-        cores = 1
-    gpu = workflow.global_resources.get("gpu")
-    n_gpus = getattr(gpu, "value", gpu) or 1
-    return max(1, (cores or 1) // n_gpus)
+        return None  # a cluster run without --cores: the profile's set-threads sizes each job
 
 
-MODEL_THREADS = model_threads()
+GPUS = workflow.global_resources.get("gpu")
+MODEL_THREADS = plan.model_threads(
+    CFG.embed.threads, workflow_cores(), getattr(GPUS, "value", GPUS)
+)

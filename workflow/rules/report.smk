@@ -45,7 +45,7 @@ rule report:
     params:
         root=workflow.basedir,
         published=PLAN.published_keys(),
-        tolerance=CFG.raw["published_tolerance"],
+        tolerance=CFG.published_tolerance,
         leakage=lambda wc, input: (
             f"--audit {shlex.quote(input.audit[0])}"
             f" --image-roots {shlex.quote(json.dumps(PLAN.image_roots(), sort_keys=True))}"
@@ -53,8 +53,6 @@ rule report:
             else ""
         ),
         code=CODE["report"],
-        localization_code=CODE["localize_report"],
-        scene_code=CODE["scene_report"],
     shell:
         "python -m rsm_eval report --metrics {input.metrics:q}"
         " --summaries {input.summaries:q} --out-dir results/report"

@@ -16,8 +16,8 @@ rule fetch_file:
         "../../envs/data.yaml"
     params:
         spec=lambda wc: PLAN.fetch_spec(wc.fetched).to_json(),
-        lock=CFG.raw["sources_lock"],
-        refresh="--refresh-lock" if CFG.raw["refresh_lock"] else "",
+        lock=CFG.sources_lock,
+        refresh="--refresh-lock" if CFG.refresh_lock else "",
     shell:
         "python -m rsm_eval fetch --spec {params.spec:q} --dest {output:q}"
         " --lock {params.lock:q} {params.refresh} 2>&1 | tee {log:q} >&2"

@@ -39,7 +39,6 @@ from .types import (
     LocalizationDemo,
     Model,
     SceneEvaluation,
-    SourceSpec,
     Statistics,
 )
 
@@ -63,7 +62,6 @@ __all__ = [
     "LocalizationDemo",
     "Model",
     "SceneEvaluation",
-    "SourceSpec",
     "Statistics",
     "finetune_weights",
     "load",
@@ -292,6 +290,9 @@ def load(raw: dict[str, Any], source: str = "config") -> Config:
         leakage=_leakage(cfg.get("leakage")),
         localization=localization,
         scene_evaluations=tuple(dict.fromkeys(scene_evaluations)),
+        published_tolerance=cfg["published_tolerance"],
+        sources_lock=cfg["sources_lock"],
+        refresh_lock=cfg["refresh_lock"],
     )
 
 

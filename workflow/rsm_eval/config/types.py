@@ -273,6 +273,9 @@ class Config:
     leakage: Leakage | None = None
     localization: Localization | None = None
     scene_evaluations: tuple[SceneEvaluation, ...] = ()
+    published_tolerance: float = 1.0
+    sources_lock: str = "sources.lock.yaml"
+    refresh_lock: bool = False
 
     def scene_pairs(self) -> list[tuple[str, str]]:
         """Distinct (model, scene dataset) pairs that need scene features."""
@@ -281,6 +284,3 @@ class Config:
     def model_datasets(self) -> list[tuple[str, str]]:
         """Distinct (model, dataset) pairs that need features."""
         return sorted({(e.model, e.dataset) for e in self.evaluations})
-
-
-SourceSpec = FetchSpec  # the name before issue 17
