@@ -17,12 +17,13 @@ start-up and each job's interpreter start-up. The embed job's image rate is read
 and compared with the bare forward rate (`encode_image` on decoded batches in memory, all
 torch threads) measured just before and just after the Snakemake run.
 
-The compute floor is what no run of the protocol can beat on the machine: every test image at
-the bare forward rate plus every distinct caption at the bare rate of the text tower on
-sorted, trimmed batches. On a 2-core CPU the floor itself is above 0.3x of the loop (the loop
-and the workflow embed the same images, and images are a third of the loop's time), so 2c
-measures what the workflow adds to it: start-ups, imports, model build, hashing, manifests,
-metrics, statistics and the report.
+The compute floor is what no run of the protocol can beat on the machine: one start-up
+(Python, torch and open_clip imports, the model build: the loop's own, measured in the run),
+every test image at the bare forward rate, and every distinct caption at the bare rate of
+the text tower on sorted, trimmed batches. On a 2-core CPU the floor itself is at or above
+0.3x of the loop (both start the same libraries and embed the same images, a fifth of the
+loop's time), so 2c measures what the workflow adds to it: Snakemake, the jobs' start-ups,
+hashing, manifests, metrics, statistics and the report.
 
 Default: ViT-B-32 (QuickGELU; random weights cost the same as trained ones) on a full-size
 RSICD-shaped test split (1,093 images, 5,465 captions, 3,331 distinct).
@@ -238,20 +239,29 @@ def cas_memo_env() -> str:
 
 
 def job_seconds(work: Path) -> dict[str, float]:
-    """Seconds per rule (summed over its jobs), from the start and end times Snakemake records
-    for every output in .snakemake/metadata (one job = one rule and end time; its outputs'
-    start times differ by milliseconds). A breakdown only; the total is timed outside."""
-    jobs: dict[tuple[str, float], float] = {}
+    """Seconds per rule, from the start and end times Snakemake records for every output in
+    .snakemake/metadata. One job's outputs differ in their times by milliseconds, so each
+    rule's intervals are merged where they overlap (keying jobs by exact end time counted a
+    job with three distinct output end times three times). A breakdown only; the total is
+    timed outside."""
+    spans: dict[str, list[tuple[float, float]]] = {}
     for path in (work / ".snakemake" / "metadata").iterdir():
         try:
             meta = json.loads(path.read_text())
-            start = jobs.get((meta["rule"], meta["endtime"]), meta["starttime"])
-            jobs[(meta["rule"], meta["endtime"])] = min(start, meta["starttime"])
+            spans.setdefault(meta["rule"], []).append((meta["starttime"], meta["endtime"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     out: dict[str, float] = {}
-    for (rule, end), start in sorted(jobs.items(), key=lambda kv: kv[1]):
-        out[rule] = out.get(rule, 0.0) + end - start
+    for rule, intervals in sorted(spans.items(), key=lambda kv: min(kv[1])):
+        total, end = 0.0, float("-inf")
+        for start, stop in sorted(intervals):
+            if start > end:
+                total += stop - start
+                end = stop
+            elif stop > end:
+                total += stop - end
+                end = stop
+        out[rule] = total
     return out
 
 
@@ -316,7 +326,7 @@ def run(
     bare = (bare_before + bare_after) / 2
     bare_text = (text_before + text_after) / 2
     # What no implementation of the protocol can beat on this machine: every test image and
-    # every distinct caption through the model at the bare rates, nothing else.
+    # every distinct caption through the model at the bare rates (plus one start-up, below).
     floor = data.n_images / bare + data.n_distinct / bare_text
     report.add(bench, "ours: command", f"snakemake --cores {cores} (config: embed defaults)")
     for rule, sec in jobs.items():
@@ -345,20 +355,6 @@ def run(
         "/s",
         f"before {text_before:.1f}, after {text_after:.1f}",
     )
-    report.add(
-        bench,
-        "compute floor",
-        floor,
-        "s",
-        f"{data.n_images} images / bare rate + {data.n_distinct} captions / bare text rate",
-    )
-    report.add(
-        bench,
-        "ours / compute floor",
-        to.seconds / floor,
-        "",
-        f"workflow overhead {to.seconds - floor:.0f} s",
-    )
     rate_ratio = embed["image_rate"] / bare
 
     # The seed's loop as its own process, timed from outside like Snakemake.
@@ -376,6 +372,26 @@ def run(
         report.add(bench, f"baseline: {k}", v, "s")
     report.add(bench, "baseline: interpreter, imports", tb.seconds - sum(base_parts.values()), "s")
     report.add(bench, "baseline total (process wall time)", tb.seconds, "s")
+    # Any run also starts Python, imports torch and open_clip and builds the model once: the
+    # loop's own start-up, measured in this run, is that part of the floor.
+    startup = tb.seconds - sum(base_parts.values()) + base_parts["build model"]
+    report.add(
+        bench,
+        "compute floor: model",
+        floor,
+        "s",
+        f"{data.n_images} images / bare rate + {data.n_distinct} captions / bare text rate",
+    )
+    report.add(bench, "compute floor: start-up", startup, "s", "the loop's imports + model build")
+    floor += startup
+    report.add(bench, "compute floor", floor, "s")
+    report.add(
+        bench,
+        "ours / compute floor",
+        to.seconds / floor,
+        "",
+        f"what the workflow adds: {to.seconds - floor:.0f} s",
+    )
 
     diff = max(abs(base_metrics[k] - our_metrics[k]) for k in base_metrics)
     report.add(bench, "max |metric difference|", diff, "points", "ours vs baseline, 7 recalls")
@@ -404,8 +420,8 @@ def run(
         Verdict(
             f"2c cold evaluation through snakemake <= {FLOOR_GOAL}x the compute floor",
             f"<= {FLOOR_GOAL}",
-            f"{to.seconds / floor:.2f} ({to.seconds:.0f} s vs {floor:.0f} s: images at "
-            f"{bare:.2f}/s, captions at {bare_text:.1f}/s)",
+            f"{to.seconds / floor:.2f} ({to.seconds:.0f} s vs {floor:.0f} s: start-up "
+            f"{startup:.0f} s, images at {bare:.2f}/s, captions at {bare_text:.1f}/s)",
             to.seconds <= FLOOR_GOAL * floor and diff < 0.01,
             label,
         )
