@@ -268,14 +268,15 @@ class Config:
     statistics: Statistics
     classification: Classification
     demo: Demo
+    # Defaults for these come from the schema (workflow/schemas/config.schema.yaml) only.
+    published_tolerance: float
+    sources_lock: str
+    refresh_lock: bool
     sources: dict[str, FetchSpec] = field(default_factory=dict)
     finetunes: dict[str, dict[str, Any]] = field(default_factory=dict)
     leakage: Leakage | None = None
     localization: Localization | None = None
     scene_evaluations: tuple[SceneEvaluation, ...] = ()
-    published_tolerance: float = 1.0
-    sources_lock: str = "sources.lock.yaml"
-    refresh_lock: bool = False
 
     def scene_pairs(self) -> list[tuple[str, str]]:
         """Distinct (model, scene dataset) pairs that need scene features."""
